@@ -1,0 +1,55 @@
+"""Shared fixtures: small synthetic image sets made with Pillow, and a real Ray."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@pytest.fixture(scope="session")
+def shapes_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two classes of drawn shapes at 32 px in the Keras layout (train/validation/test)."""
+    from core.demo_data import make_demo_data
+
+    root = tmp_path_factory.mktemp("shapes") / "data"
+    make_demo_data(root, classes=2, per_class=12, size=32, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def three_class_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three classes (softmax head) at 32 px."""
+    from core.demo_data import make_demo_data
+
+    root = tmp_path_factory.mktemp("three") / "data"
+    make_demo_data(root, classes=3, per_class=6, size=32, seed=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def ray_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Ray's socket paths must stay under 107 characters; pytest's base temp is short.
+    return tmp_path_factory.mktemp("ray")
+
+
+@pytest.fixture(scope="module")
+def local_ray(ray_temp_dir: Path) -> Iterator[None]:
+    """A real single-node Ray with two CPUs and two fake GPUs, shared by a module's tests."""
+    import ray
+
+    ray.init(
+        num_cpus=2,
+        num_gpus=2,
+        include_dashboard=False,
+        object_store_memory=200 * 1024 * 1024,
+        _temp_dir=str(ray_temp_dir),
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()

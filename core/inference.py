@@ -1,0 +1,130 @@
+"""Saving, loading, evaluating and predicting with a trained bottletune model.
+
+A trained model is a directory holding ``model.keras`` (RGB images in [0, 255]
+in, class probabilities out; preprocessing included) and ``model_info.json``
+(class names, image size and how the data was split).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.data import DataError, load_image, load_images, scan_dataset
+
+INFO_FILE = "model_info.json"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a saved model needs beside its weights to be used."""
+
+    class_names: tuple[str, ...]
+    image_size: int
+    backbone: str
+    validation_fraction: float = 0.2
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "class_names": list(self.class_names),
+            "image_size": self.image_size,
+            "backbone": self.backbone,
+            "validation_fraction": self.validation_fraction,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def read(cls, path: Path) -> ModelInfo:
+        try:
+            data = json.loads(path.read_text())
+            return cls(
+                class_names=tuple(data["class_names"]),
+                image_size=int(data["image_size"]),
+                backbone=str(data["backbone"]),
+                validation_fraction=float(data.get("validation_fraction", 0.2)),
+                seed=int(data.get("seed", 0)),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise DataError(
+                f"{path}: not a readable bottletune model info file ({error})"
+            ) from error
+
+
+def load_model(model_path: str | os.PathLike[str]) -> tuple[Any, ModelInfo]:
+    """Loads ``model.keras`` and the ``model_info.json`` beside it."""
+    import keras
+
+    import core.layers  # noqa: F401  registers BackbonePreprocess for deserialization
+
+    path = Path(model_path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such model file")
+    info = ModelInfo.read(path.parent / INFO_FILE)
+    model = keras.models.load_model(path)  # safe_mode stays on: no lambdas are loaded
+    return model, info
+
+
+def probabilities(model: Any, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Class probabilities, shape (N, num_classes), for uint8 images."""
+    output = model.predict(images.astype("float32"), batch_size=batch_size, verbose=0)
+    output = np.asarray(output, dtype="float64")
+    if output.shape[-1] == 1:
+        positive = output[:, 0]
+        return np.stack([1.0 - positive, positive], axis=1)
+    return output
+
+
+def evaluate(
+    model_path: str | os.PathLike[str], data_dir: str | os.PathLike[str], split: str | None = None
+) -> dict[str, Any]:
+    """Accuracy of a saved model on one split of a dataset.
+
+    Args:
+        model_path: Path of ``model.keras``.
+        data_dir: Dataset directory.
+        split: "train", "validation" or "test"; default: test if the data has
+            a test split, else validation.
+
+    Returns:
+        split, accuracy, count (images evaluated) and skipped (unreadable).
+    """
+    model, info = load_model(model_path)
+    index = scan_dataset(data_dir, info.validation_fraction, info.seed)
+    if index.class_names != info.class_names:
+        raise DataError(
+            f"{data_dir}: classes {list(index.class_names)} differ from the model's "
+            f"{list(info.class_names)}"
+        )
+    chosen = split or ("test" if "test" in index.splits else "validation")
+    if chosen not in index.splits:
+        raise DataError(f"{data_dir}: no {chosen!r} split (has {', '.join(index.splits)})")
+    loaded = load_images(index.splits[chosen], info.image_size)
+    predicted = probabilities(model, loaded.images).argmax(axis=1)
+    accuracy = float(np.mean(predicted == loaded.labels))
+    return {
+        "split": chosen,
+        "accuracy": accuracy,
+        "count": len(loaded.labels),
+        "skipped": len(loaded.skipped),
+    }
+
+
+def predict(
+    model_path: str | os.PathLike[str], image_paths: Sequence[str | os.PathLike[str]]
+) -> list[tuple[str, str, float]]:
+    """Predicted class and its probability for each image file."""
+    model, info = load_model(model_path)
+    images = np.stack([load_image(path, info.image_size) for path in image_paths])
+    probs = probabilities(model, images)
+    best = probs.argmax(axis=1)
+    return [
+        (str(path), info.class_names[int(label)], float(probs[row, label]))
+        for row, (path, label) in enumerate(zip(image_paths, best, strict=True))
+    ]

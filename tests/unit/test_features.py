@@ -1,0 +1,117 @@
+"""The feature cache: computed once per key, persisted as plain npy, read back safely."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.backbones import INPUT_CUT
+from core.data import scan_dataset
+from core.features import IMAGES_CUT, FeatureCache, FeatureCacheError, FeatureKey
+
+CUTS = ["block5_pool", "block4_pool"]
+
+
+def ensure(cache: FeatureCache, data: Path, **overrides: object):  # type: ignore[no-untyped-def]
+    arguments: dict[str, object] = {
+        "backbone": "vgg16",
+        "weights": "none",
+        "image_size": 32,
+        "cuts": CUTS,
+        "seed": 0,
+        "progress": False,
+    }
+    arguments.update(overrides)
+    return cache.ensure(scan_dataset(data), **arguments)  # type: ignore[arg-type]
+
+
+def test_features_are_computed_once_and_then_read_from_disk(
+    shapes_data: Path, tmp_path: Path
+) -> None:
+    cache = FeatureCache(tmp_path / "cache")
+    first = ensure(cache, shapes_data)
+    assert [build["cut"] for build in cache.builds()] == CUTS
+    assert len(cache.stats.misses) == 2 and not cache.stats.hits
+
+    again = FeatureCache(tmp_path / "cache")  # a later search, new process-level object
+    second = ensure(again, shapes_data)
+    assert len(again.builds()) == 2, "a second search on the same data recomputed features"
+    assert len(again.stats.hits) == 2 and not again.stats.misses
+    for cut in CUTS:
+        for split in ("train", "validation"):
+            np.testing.assert_array_equal(first.cuts[cut][split], second.cuts[cut][split])
+    assert first.cuts["block5_pool"]["train"].shape == (24, 1, 1, 512)
+    assert first.cuts["block4_pool"]["validation"].shape == (12, 2, 2, 512)
+    assert list(first.labels["train"]).count(0) == 12
+
+
+def test_only_missing_cuts_are_computed(shapes_data: Path, tmp_path: Path) -> None:
+    cache = FeatureCache(tmp_path / "cache")
+    ensure(cache, shapes_data, cuts=["block5_pool"])
+    ensure(cache, shapes_data, cuts=["block5_pool", "block3_pool", INPUT_CUT])
+    assert [b["cut"] for b in cache.builds()] == ["block5_pool", "block3_pool", INPUT_CUT]
+
+
+def test_key_changes_with_everything_the_numbers_depend_on() -> None:
+    base = FeatureKey("vgg16", "none-seed0", 32, "abc", "block5_pool")
+    variants = [
+        FeatureKey("mobilenet", "none-seed0", 32, "abc", "block5_pool"),
+        FeatureKey("vgg16", "imagenet", 32, "abc", "block5_pool"),
+        FeatureKey("vgg16", "none-seed0", 48, "abc", "block5_pool"),
+        FeatureKey("vgg16", "none-seed0", 32, "abd", "block5_pool"),
+        FeatureKey("vgg16", "none-seed0", 32, "abc", "block4_pool"),
+    ]
+    assert len({base.name} | {variant.name for variant in variants}) == 6
+
+
+def test_changed_data_gets_new_features(shapes_data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(shapes_data, copy)
+    cache = FeatureCache(tmp_path / "cache")
+    ensure(cache, copy, cuts=["block5_pool"])
+    victim = sorted((copy / "train").rglob("*.png"))[0]
+    victim.write_bytes(sorted((copy / "train").rglob("*.png"))[1].read_bytes())
+    ensure(cache, copy, cuts=["block5_pool"])
+    assert len(cache.builds()) == 2
+
+
+def test_entries_are_plain_npy_and_json(shapes_data: Path, tmp_path: Path) -> None:
+    cache = FeatureCache(tmp_path / "cache")
+    bundle = ensure(cache, shapes_data, cuts=["block5_pool"], include_images=True)
+    entries = sorted(p.name for p in cache.entries_dir.iterdir())
+    assert len(entries) == 2 and not [e for e in entries if e.startswith(".tmp")]
+    for entry in cache.entries_dir.iterdir():
+        suffixes = {p.suffix for p in entry.iterdir()}
+        assert suffixes == {".npy", ".json"}
+        for array_file in entry.glob("*.npy"):
+            np.load(array_file, allow_pickle=False)  # raises if anything needed unpickling
+        meta = json.loads((entry / "meta.json").read_text())
+        assert meta["key"]["dataset"] == scan_dataset(shapes_data).fingerprint
+    assert bundle.images is not None
+    assert bundle.images["train"].dtype == np.uint8
+    assert bundle.images["train"].shape == (24, 32, 32, 3)
+    assert any(IMAGES_CUT in name for name in entries)
+
+
+def test_a_damaged_entry_is_reported_with_its_path(shapes_data: Path, tmp_path: Path) -> None:
+    cache = FeatureCache(tmp_path / "cache")
+    ensure(cache, shapes_data, cuts=["block5_pool"])
+    entry = next(cache.entries_dir.iterdir())
+    (entry / "train_features.npy").write_bytes(b"not an npy file")
+    with pytest.raises(FeatureCacheError, match=str(entry)):
+        ensure(cache, shapes_data, cuts=["block5_pool"])
+
+
+def test_input_cut_holds_preprocessed_images(shapes_data: Path, tmp_path: Path) -> None:
+    from keras.applications import vgg16
+
+    cache = FeatureCache(tmp_path / "cache")
+    bundle = ensure(cache, shapes_data, cuts=[INPUT_CUT], include_images=True)
+    assert bundle.images is not None
+    expected = vgg16.preprocess_input(bundle.images["validation"].astype("float32"))
+    np.testing.assert_allclose(bundle.cuts[INPUT_CUT]["validation"], expected, rtol=1e-6)

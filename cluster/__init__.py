@@ -1,0 +1,8 @@
+"""Ray connection, resources and the object store. The only package that calls ray.init."""
+
+from __future__ import annotations
+
+from cluster.object_store import share_with_trials
+from cluster.runtime import ClusterInfo, check_trial_fits, connect, shutdown
+
+__all__ = ["ClusterInfo", "check_trial_fits", "connect", "share_with_trials", "shutdown"]

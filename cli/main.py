@@ -1,0 +1,222 @@
+"""The ``bottletune`` command: a thin layer over functions a user can also call.
+
+Heavy libraries (TensorFlow, Ray) are imported inside the commands that need
+them, so ``--help`` and config validation stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+logger = logging.getLogger("bottletune")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bottletune",
+        description="Tune the VGG16 bottleneck-features + fine-tuning recipe with Ray Tune, "
+        "Optuna and ASHA.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    tune = commands.add_parser("tune", help="run a search")
+    tune.add_argument("--data", required=True, help="dataset directory")
+    tune.add_argument("--out", required=True, help="new run directory for results")
+    tune.add_argument("--config", help="YAML config file or preset name from configs/")
+    tune.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable)",
+    )
+    tune.add_argument(
+        "--address",
+        help="join a running cluster: auto, HOST:PORT or "
+        "ray://HOST:PORT (default: start a local single-node Ray)",
+    )
+    tune.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    tune.add_argument("--num-gpus", type=int, help="GPUs the local Ray announces")
+    tune.add_argument("--quiet", action="store_true", help="no progress bar or table")
+
+    check = commands.add_parser("check-config", help="validate a config and print it resolved")
+    check.add_argument("--config", help="YAML config file or preset name")
+    check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    export = commands.add_parser("export", help="write the best trial's config as JSON")
+    export.add_argument("run_dir", help="run directory of a finished search")
+    export.add_argument("--out", required=True, help="JSON file to write")
+    export.add_argument("--force", action="store_true", help="overwrite --out")
+
+    train = commands.add_parser("train", help="train the final model from an exported config")
+    train.add_argument("--config", required=True, help="JSON written by bottletune export")
+    train.add_argument("--data", required=True, help="dataset directory")
+    train.add_argument("--out", required=True, help="output directory")
+    train.add_argument("--cache-dir", default="~/.cache/bottletune", help="feature cache")
+    train.add_argument("--force", action="store_true", help="overwrite an existing model")
+
+    evaluate = commands.add_parser("evaluate", help="accuracy of a saved model on a split")
+    evaluate.add_argument("--model", required=True, help="path of model.keras")
+    evaluate.add_argument("--data", required=True, help="dataset directory")
+    evaluate.add_argument(
+        "--split",
+        choices=("train", "validation", "test"),
+        help="default: test if present, else validation",
+    )
+
+    predict = commands.add_parser("predict", help="class and probability per image")
+    predict.add_argument("--model", required=True, help="path of model.keras")
+    predict.add_argument("images", nargs="+", help="image files")
+
+    demo = commands.add_parser("make-demo-data", help="write a synthetic image set")
+    demo.add_argument("out", help="output directory (Keras layout)")
+    demo.add_argument("--classes", type=int, default=2)
+    demo.add_argument("--per-class", type=int, default=40, help="training images per class")
+    demo.add_argument("--size", type=int, default=64, help="image side in pixels")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace train/validation/test folders already in OUT",
+    )
+    return parser
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from tuning.config import load_config, parse_overrides
+    from tuning.search import run_search
+
+    config = load_config(args.config, parse_overrides(args.overrides))
+    result = run_search(
+        config,
+        args.data,
+        args.out,
+        address=args.address,
+        num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus,
+        progress=not args.quiet,
+    )
+    best = result.best
+    print(
+        f"best trial {best['trial_id']}: val_accuracy={best['val_accuracy']:.4f} "
+        f"after {best['epochs']} epochs"
+    )
+    print(f"hyperparameters: {json.dumps(best['searched'], sort_keys=True)}")
+    print(f"features: {len(result.cache.misses)} computed, {len(result.cache.hits)} from cache")
+    print(f"results: {result.run_dir}")
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from core.backbones import get_backbone
+    from search_spaces import load_space
+    from tuning.config import load_config, parse_overrides
+
+    config = load_config(args.config, parse_overrides(args.overrides))
+    space = load_space(config.space)
+    spec = get_backbone(config.backbone)
+    space.validate_for_backbone(spec.num_blocks, spec.name)
+    print(yaml.safe_dump({"config": config.to_dict(), "space": space.to_dict()}, sort_keys=False))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from tuning.export import export_best
+
+    config = export_best(args.run_dir, args.out, force=args.force)
+    print(f"best trial {config.trial_id} ({config.metric}={config.value:.4f}) -> {args.out}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tuning.final import MODEL_FILE, train_final
+
+    metrics = train_final(
+        args.config, args.data, args.out, cache_dir=args.cache_dir, force=args.force
+    )
+    print(f"model: {args.out}/{MODEL_FILE}")
+    print(f"validation accuracy: {metrics['validation_accuracy']:.4f}")
+    if "test_accuracy" in metrics:
+        print(f"test accuracy: {metrics['test_accuracy']:.4f}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from core.inference import evaluate
+
+    report = evaluate(args.model, args.data, args.split)
+    print(
+        f"{report['split']} accuracy: {report['accuracy']:.4f} on {report['count']} images"
+        + (f" ({report['skipped']} unreadable skipped)" if report["skipped"] else "")
+    )
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from core.inference import predict
+
+    for path, label, probability in predict(args.model, args.images):
+        print(f"{path}\t{label}\t{probability:.4f}")
+    return 0
+
+
+def _make_demo_data(args: argparse.Namespace) -> int:
+    from core.demo_data import make_demo_data
+
+    summary = make_demo_data(
+        args.out,
+        classes=args.classes,
+        per_class=args.per_class,
+        size=args.size,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
+    counts = ", ".join(f"{split} {count}" for split, count in summary.counts.items())
+    print(f"wrote {summary.root} ({', '.join(summary.class_names)}): {counts}")
+    return 0
+
+
+COMMANDS = {
+    "tune": _tune,
+    "check-config": _check_config,
+    "export": _export,
+    "train": _train,
+    "evaluate": _evaluate,
+    "predict": _predict,
+    "make-demo-data": _make_demo_data,
+}
+
+# Errors a user can fix: printed as one line, no traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileExistsError, FileNotFoundError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("tensorflow", "absl", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from core.runtime import quiet_tensorflow
+
+    quiet_tensorflow()
+    try:
+        return COMMANDS[args.command](args)
+    except USER_ERRORS as error:
+        if args.verbose:
+            raise
+        print(f"bottletune {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Exporting the best trial's configuration, and training the final model from it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.hyperparameters import HyperparameterError, Hyperparameters
+
+logger = logging.getLogger(__name__)
+
+EXPORT_VERSION = 1
+
+
+class ExportError(ValueError):
+    """A run directory or an exported config is missing, unreadable or inconsistent."""
+
+
+@dataclass(frozen=True)
+class BestConfig:
+    """Everything needed to train the best trial's model again, exactly.
+
+    Attributes:
+        hyperparameters: All hyperparameters (searched and defaults).
+        backbone, weights, image_size, seed: The search's model settings.
+        epochs: Epochs the best trial trained (its last report).
+        head_epochs: Phase-1 epochs when fine-tuning.
+        validation_fraction: Split used for folder-layout data.
+        dataset_fingerprint: The data the search ran on.
+        class_names: Class names of that data.
+        metric, value: The metric and the best trial's value.
+        trial_id: The best trial.
+    """
+
+    hyperparameters: Hyperparameters
+    backbone: str
+    weights: str
+    image_size: int
+    seed: int
+    epochs: int
+    head_epochs: int
+    validation_fraction: float
+    dataset_fingerprint: str
+    class_names: tuple[str, ...]
+    metric: str
+    value: float
+    trial_id: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": EXPORT_VERSION,
+            "hyperparameters": self.hyperparameters.to_dict(),
+            "backbone": self.backbone,
+            "weights": self.weights,
+            "image_size": self.image_size,
+            "seed": self.seed,
+            "epochs": self.epochs,
+            "head_epochs": self.head_epochs,
+            "validation_fraction": self.validation_fraction,
+            "dataset_fingerprint": self.dataset_fingerprint,
+            "class_names": list(self.class_names),
+            "metric": self.metric,
+            "value": self.value,
+            "trial_id": self.trial_id,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str) -> BestConfig:
+        required = (
+            "hyperparameters",
+            "backbone",
+            "weights",
+            "image_size",
+            "seed",
+            "epochs",
+            "head_epochs",
+            "validation_fraction",
+            "dataset_fingerprint",
+            "class_names",
+            "metric",
+            "value",
+            "trial_id",
+        )
+        missing = [key for key in required if key not in data]
+        if missing:
+            raise ExportError(f"{source}: missing key(s) {', '.join(missing)}")
+        unknown = set(data["hyperparameters"]) - set(Hyperparameters.names())
+        if unknown:
+            raise ExportError(f"{source}: unknown hyperparameter(s) {', '.join(sorted(unknown))}")
+        try:
+            hparams = Hyperparameters.from_mapping(data["hyperparameters"])
+        except HyperparameterError as error:
+            raise ExportError(f"{source}: {error}") from error
+        return cls(
+            hyperparameters=hparams,
+            backbone=str(data["backbone"]),
+            weights=str(data["weights"]),
+            image_size=int(data["image_size"]),
+            seed=int(data["seed"]),
+            epochs=int(data["epochs"]),
+            head_epochs=int(data["head_epochs"]),
+            validation_fraction=float(data["validation_fraction"]),
+            dataset_fingerprint=str(data["dataset_fingerprint"]),
+            class_names=tuple(data["class_names"]),
+            metric=str(data["metric"]),
+            value=float(data["value"]),
+            trial_id=str(data["trial_id"]),
+        )
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> BestConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise ExportError(f"{path}: not a readable JSON config ({error})") from error
+        if not isinstance(data, dict):
+            raise ExportError(f"{path}: expected a JSON object")
+        return cls.from_dict(data, str(path))
+
+
+def best_config(run_dir: str | os.PathLike[str]) -> BestConfig:
+    """The best trial of a finished search, from ``run_dir/results.json``."""
+    from tuning.search import RESULTS_FILE
+
+    results_path = Path(run_dir) / RESULTS_FILE
+    try:
+        results = json.loads(results_path.read_text())
+    except (OSError, ValueError) as error:
+        raise ExportError(
+            f"{results_path}: cannot read the search results ({error}); is {run_dir} a "
+            "finished bottletune run directory?"
+        ) from error
+    trials = {trial["trial_id"]: trial for trial in results["trials"]}
+    best = trials[results["best_trial_id"]]
+    search = results["search"]
+    return BestConfig(
+        hyperparameters=Hyperparameters.from_mapping(best["hyperparameters"]),
+        backbone=search["backbone"],
+        weights=search["weights"],
+        image_size=search["image_size"],
+        seed=search["seed"],
+        epochs=best["epochs"],
+        head_epochs=search["head_epochs"],
+        validation_fraction=search["validation_fraction"],
+        dataset_fingerprint=results["dataset"]["fingerprint"],
+        class_names=tuple(results["dataset"]["class_names"]),
+        metric=results["metric"],
+        value=best["val_accuracy"],
+        trial_id=best["trial_id"],
+    )
+
+
+def export_best(
+    run_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, force: bool = False
+) -> BestConfig:
+    """Writes the best trial's config to ``out`` as JSON (never over a file unless forced)."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} exists; pass --force to overwrite it")
+    config = best_config(run_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    return config

@@ -1,0 +1,119 @@
+"""Training the final model from an exported config (no Ray needed)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from core.backbones import get_backbone
+from core.data import scan_dataset
+from core.features import FeatureCache
+from tuning.export import BestConfig
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.keras"
+METRICS_FILE = "metrics.json"
+
+
+def train_final(
+    config_path: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    cache_dir: str | os.PathLike[str] = "~/.cache/bottletune",
+    force: bool = False,
+    threads: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Trains the model an exported config describes: phase 1, then phase 2.
+
+    Uses the same feature cache and the same trainer as the search's trials,
+    then assembles the whole model (preprocessing, backbone, head) and saves it.
+
+    Args:
+        config_path: A JSON file written by ``bottletune export``.
+        data_dir: The dataset (normally the one searched on).
+        out: Output directory for ``model.keras``, ``model_info.json`` and
+            ``metrics.json``.
+        cache_dir: The feature cache.
+        force: Overwrite an existing model in ``out``.
+        threads: TensorFlow threads (default: all cores).
+        progress: Show the feature-extraction progress bar.
+
+    Returns:
+        The metrics written to ``metrics.json``: validation accuracy during
+        training, validation and (when the data has one) test accuracy of the
+        saved model, and the per-epoch history.
+    """
+    from core.hyperparameters import Hyperparameters
+    from core.inference import INFO_FILE, ModelInfo, evaluate
+    from core.runtime import configure_tensorflow
+    from core.training import RecipeTrainer, TrainingSetup
+
+    config = BestConfig.read(config_path)
+    out = Path(out)
+    model_path = out / MODEL_FILE
+    if model_path.exists() and not force:
+        raise FileExistsError(f"{model_path} exists; pass --force to overwrite it")
+    configure_tensorflow(threads)
+    index = scan_dataset(data_dir, config.validation_fraction, config.seed)
+    if index.fingerprint != config.dataset_fingerprint:
+        logger.warning(
+            "%s is not the data the search ran on (fingerprint %s, exported %s); training "
+            "with the exported hyperparameters anyway",
+            data_dir,
+            index.fingerprint[:12],
+            config.dataset_fingerprint[:12],
+        )
+    hparams: Hyperparameters = config.hyperparameters
+    spec = get_backbone(config.backbone)
+    cuts = [spec.top_cut]
+    if hparams.unfreeze_blocks > 0:
+        cuts.append(spec.cut_for(hparams.unfreeze_blocks))
+    cache = FeatureCache(Path(os.path.expanduser(str(cache_dir))))
+    bundle = cache.ensure(
+        index,
+        backbone=config.backbone,
+        weights=config.weights,
+        image_size=config.image_size,
+        cuts=cuts,
+        include_images=hparams.unfreeze_blocks > 0 and hparams.augmentation > 0,
+        seed=config.seed,
+        progress=progress,
+    )
+    setup = TrainingSetup(
+        backbone=config.backbone,
+        weights=config.weights,
+        image_size=config.image_size,
+        epochs=config.epochs,
+        head_epochs=config.head_epochs,
+        seed=config.seed,
+    )
+    trainer = RecipeTrainer(hparams, setup, bundle)
+    while not trainer.done:
+        logger.info("epoch %s", trainer.train_epoch())
+    out.mkdir(parents=True, exist_ok=True)
+    trainer.inference_model().save(model_path)
+    info = ModelInfo(
+        class_names=index.class_names,
+        image_size=config.image_size,
+        backbone=config.backbone,
+        validation_fraction=config.validation_fraction,
+        seed=config.seed,
+    )
+    (out / INFO_FILE).write_text(json.dumps(info.to_dict(), indent=2) + "\n")
+    metrics: dict[str, Any] = {
+        "trained_validation_accuracy": trainer.history[-1]["val_accuracy"],
+        "validation_accuracy": evaluate(model_path, data_dir, "validation")["accuracy"],
+        "search_value": config.value,
+        "epochs": trainer.epoch,
+        "history": trainer.history,
+    }
+    if "test" in index.splits:
+        metrics["test_accuracy"] = evaluate(model_path, data_dir, "test")["accuracy"]
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics

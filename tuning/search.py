@@ -1,0 +1,291 @@
+"""Wiring one search: data and features, then Optuna + ASHA on Ray Tune, then results.
+
+What decides (the Optuna sampler behind ``OptunaSearch``, and ASHA), what runs
+(``recipe_trainable``) and what defines (the search space) stay separate, as in
+KerasTuner's oracle / tuner / hypermodel split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.backbones import get_backbone, weights_identity
+from core.data import DatasetIndex, scan_dataset
+from core.features import CacheStats, FeatureBundle, FeatureCache
+from core.hyperparameters import Hyperparameters
+from search_spaces import SearchSpace, load_space, to_optuna
+from tuning.config import SearchConfig, write_config
+from tuning.samplers import make_sampler
+from tuning.trainable import TrialContext, recipe_trainable
+
+logger = logging.getLogger(__name__)
+
+METRIC = "val_accuracy"
+MODE = "max"
+RESULTS_FILE = "results.json"
+CONFIG_FILE = "config.yaml"
+SPACE_FILE = "space.yaml"
+TRIALS_DIR = "trials"
+STUDY_FILE = "optuna.journal"
+
+
+class SearchError(ValueError):
+    """The search cannot start or produced no usable result."""
+
+
+@dataclass
+class SearchResult:
+    """What a finished search leaves behind (also written to ``run_dir/results.json``)."""
+
+    run_dir: Path
+    best: dict[str, Any]
+    trials: list[dict[str, Any]]
+    cache: CacheStats = field(default_factory=CacheStats)
+    dashboard_url: str | None = None
+
+
+def needed_cuts(space: SearchSpace, backbone: str) -> tuple[list[str], bool]:
+    """The cuts a search's trials start from, and whether any trial may augment.
+
+    Returns:
+        (cut layer names, include_images): the top block's output always (the
+        head trains on it), plus the cut below the unfrozen blocks of every
+        possible ``unfreeze_blocks`` value; images only when a fine-tuning
+        trial can augment.
+    """
+    spec = get_backbone(backbone)
+    depths = space.unfreeze_block_values()
+    cuts = [spec.top_cut] + [spec.cut_for(k) for k in depths if k > 0]
+    include_images = space.may_augment() and any(k > 0 for k in depths)
+    return list(dict.fromkeys(cuts)), include_images
+
+
+def prepare_features(
+    config: SearchConfig,
+    data_dir: str | Path,
+    space: SearchSpace,
+    *,
+    progress: bool = True,
+) -> tuple[DatasetIndex, FeatureBundle, CacheStats]:
+    """Scans the data and makes sure every cut the search needs is cached."""
+    index = scan_dataset(data_dir, config.validation_fraction, config.seed)
+    cuts, include_images = needed_cuts(space, config.backbone)
+    cache = FeatureCache(config.cache_path)
+    bundle = cache.ensure(
+        index,
+        backbone=config.backbone,
+        weights=config.weights,
+        image_size=config.image_size,
+        cuts=cuts,
+        include_images=include_images,
+        seed=config.seed,
+        batch_size=config.batch_size,
+        progress=progress,
+    )
+    return index, bundle, cache.stats
+
+
+def run_search(
+    config: SearchConfig,
+    data_dir: str | Path,
+    run_dir: str | Path,
+    *,
+    address: str | None = None,
+    ray_temp_dir: str | None = None,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    progress: bool = True,
+) -> SearchResult:
+    """Runs a whole search and writes its results to ``run_dir``.
+
+    Args:
+        config: The validated search configuration.
+        data_dir: Dataset in the Keras layout, or one folder of class folders.
+        run_dir: New or empty directory for results (never overwritten).
+        address: None for a local single-node Ray, else "auto", "host:port"
+            or "ray://host:port" of a running cluster.
+        ray_temp_dir: Session directory root of a local Ray.
+        num_cpus: CPUs of a local Ray (default: all).
+        num_gpus: GPUs a local Ray announces (default: detected).
+        progress: Show the extraction progress bar and Tune's progress table.
+
+    Returns:
+        The best trial, every trial's summary and the cache's hits and misses.
+    """
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from cluster import check_trial_fits, connect, share_with_trials, shutdown
+
+    run_dir = Path(run_dir).absolute()
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise SearchError(f"run directory {run_dir} is not empty; choose a new one")
+    space = load_space(config.space)
+    spec = get_backbone(config.backbone)
+    space.validate_for_backbone(spec.num_blocks, spec.name)
+    make_sampler(config.sampler, config.seed)  # fail on a missing sampler dependency now
+    index, bundle, stats = prepare_features(config, data_dir, space, progress=progress)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_config(config, run_dir / CONFIG_FILE)
+    (run_dir / SPACE_FILE).write_text(_yaml(space.to_dict()))
+
+    info = connect(
+        address,
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        include_dashboard=config.include_dashboard,
+        dashboard_host=config.dashboard_host,
+        dashboard_port=config.dashboard_port,
+        object_store_memory=config.object_store_memory or None,
+        temp_dir=ray_temp_dir,
+    )
+    if info.dashboard_url:
+        logger.info("Ray dashboard: %s", info.dashboard_url)
+    try:
+        check_trial_fits(info, config.cpus_per_trial, config.gpus_per_trial)
+        context = TrialContext(
+            backbone=config.backbone,
+            weights=config.weights,
+            image_size=config.image_size,
+            max_epochs=config.max_epochs,
+            head_epochs=config.head_epochs,
+            seed=config.seed,
+            cpus_per_trial=config.cpus_per_trial,
+        )
+        trainable = tune.with_resources(
+            share_with_trials(recipe_trainable, bundle=bundle, context=context),
+            {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial},
+        )
+        searcher = OptunaSearch(
+            space=to_optuna(space),
+            metric=METRIC,
+            mode=MODE,
+            sampler=make_sampler(config.sampler, config.seed),
+            storage=_journal_storage(run_dir / STUDY_FILE),
+            study_name="bottletune",
+        )
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=config.max_epochs,
+            grace_period=config.grace_period,
+            reduction_factor=config.reduction_factor,
+        )
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                metric=METRIC,
+                mode=MODE,
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=config.num_samples,
+                max_concurrent_trials=config.max_concurrent_trials or None,
+                time_budget_s=config.time_budget_s or None,
+            ),
+            run_config=tune.RunConfig(
+                name=TRIALS_DIR,
+                storage_path=str(run_dir),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                failure_config=tune.FailureConfig(max_failures=config.max_failures),
+                verbose=1 if progress else 0,
+            ),
+        )
+        started = time.perf_counter()
+        grid = tuner.fit()
+        seconds = time.perf_counter() - started
+        dashboard_url = info.dashboard_url
+    finally:
+        shutdown(info)
+
+    trials = [_summarize(grid[i], config.max_epochs) for i in range(len(grid))]
+    scored = [t for t in trials if t["val_accuracy"] is not None]
+    if not scored:
+        errors = "; ".join(str(t["error"]) for t in trials if t["error"]) or "no trial reported"
+        raise SearchError(f"no trial finished an epoch: {errors}")
+    # The best trial is judged on its last reported epoch, as Ray Tune's
+    # get_best_result(scope="last") does; ties go to the earlier trial.
+    best = max(scored, key=lambda t: t["val_accuracy"])
+    summary = {
+        "metric": METRIC,
+        "mode": MODE,
+        "seconds": round(seconds, 2),
+        "dataset": {
+            "path": str(Path(data_dir).absolute()),
+            "fingerprint": index.fingerprint,
+            "layout": index.layout,
+            "class_names": list(index.class_names),
+            "counts": {split: len(records) for split, records in index.splits.items()},
+        },
+        "search": {
+            "backbone": config.backbone,
+            "weights": config.weights,
+            "weights_identity": weights_identity(config.weights, config.seed),
+            "image_size": config.image_size,
+            "seed": config.seed,
+            "head_epochs": config.head_epochs,
+            "max_epochs": config.max_epochs,
+            "validation_fraction": config.validation_fraction,
+        },
+        "cache": {"dir": str(config.cache_path), "hits": stats.hits, "misses": stats.misses},
+        "best_trial_id": best["trial_id"],
+        "trials": trials,
+    }
+    (run_dir / RESULTS_FILE).write_text(json.dumps(summary, indent=2))
+    return SearchResult(
+        run_dir=run_dir, best=best, trials=trials, cache=stats, dashboard_url=dashboard_url
+    )
+
+
+def _summarize(result: Any, max_epochs: int) -> dict[str, Any]:
+    metrics = result.metrics or {}
+    accuracy = metrics.get(METRIC)
+    if accuracy is not None and not math.isfinite(float(accuracy)):
+        accuracy = None
+    epochs = int(metrics.get("training_iteration", 0) or 0)
+    history: list[dict[str, Any]] = []
+    frame = result.metrics_dataframe
+    if frame is not None and not frame.empty:
+        columns = [
+            c
+            for c in ("training_iteration", "phase", "val_accuracy", "val_loss", "loss")
+            if c in frame.columns
+        ]
+        history = json.loads(frame[columns].to_json(orient="records"))
+    if result.error is not None:
+        status = "error"
+    elif epochs >= max_epochs:
+        status = "completed"
+    else:
+        status = "stopped_early"
+    return {
+        "trial_id": metrics.get("trial_id") or Path(result.path).name,
+        "status": status,
+        "epochs": epochs,
+        "val_accuracy": float(accuracy) if accuracy is not None else None,
+        "val_loss": metrics.get("val_loss"),
+        "hyperparameters": Hyperparameters.from_mapping(result.config).to_dict(),
+        "searched": {k: v for k, v in result.config.items() if k in Hyperparameters.names()},
+        "history": history,
+        "path": result.path,
+        "error": str(result.error) if result.error is not None else None,
+    }
+
+
+def _journal_storage(path: Path) -> Any:
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def _yaml(data: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)

@@ -1,0 +1,112 @@
+"""The user's path through the CLI: tune -> export -> train -> evaluate -> predict.
+
+The search runs in a child process with its own embedded single-node Ray, as
+``bottletune tune`` does on a laptop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def bottletune(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, f"bottletune {args[0]} failed:\n{result.stderr[-4000:]}"
+    return result
+
+
+def last_reports(trials_dir: Path) -> dict[str, tuple[float, int, dict[str, object]]]:
+    """Each trial's last reported val_accuracy, epoch count and params, read from Ray's files."""
+    reports = {}
+    for trial_dir in trials_dir.iterdir():
+        result_file = trial_dir / "result.json"
+        if not result_file.is_file():
+            continue
+        lines = [json.loads(line) for line in result_file.read_text().splitlines() if line]
+        last = lines[-1]
+        params = json.loads((trial_dir / "params.json").read_text())
+        reports[last["trial_id"]] = (last["val_accuracy"], last["training_iteration"], params)
+    return reports
+
+
+def test_tune_export_train_evaluate_predict(
+    shapes_data: Path, tmp_path: Path, ray_temp_dir: Path
+) -> None:
+    env = dict(os.environ, RAY_TMPDIR=str(ray_temp_dir), PYTHONPATH=str(REPO))
+    run_dir = tmp_path / "run"
+    tuned = bottletune(
+        "tune", "--data", str(shapes_data), "--out", str(run_dir), "--config", "demo",
+        "--num-cpus", "2", "--quiet",
+        "--set", "image_size=32", "--set", "num_samples=3", "--set", "max_epochs=2",
+        "--set", "head_epochs=1", "--set", "include_dashboard=false",
+        "--set", f"cache_dir={tmp_path / 'cache'}",
+        env=env, cwd=tmp_path,
+    )
+    assert "best trial" in tuned.stdout
+
+    # The exported config is the best trial's, judged from Ray's own result files.
+    best_json = tmp_path / "best.json"
+    bottletune("export", str(run_dir), "--out", str(best_json), env=env, cwd=tmp_path)
+    exported = json.loads(best_json.read_text())
+    reports = last_reports(run_dir / "trials")
+    assert len(reports) == 3
+    best_value = max(value for value, _, _ in reports.values())
+    value, epochs, params = reports[exported["trial_id"]]
+    assert exported["value"] == pytest.approx(best_value) == pytest.approx(value)
+    assert exported["epochs"] == epochs
+    for name, searched in params.items():
+        assert exported["hyperparameters"][name] == pytest.approx(searched)
+    assert exported["backbone"] == "vgg16" and exported["image_size"] == 32
+    assert exported["class_names"] == ["circle", "square"]
+
+    # Exporting again over the same file is refused: nothing is overwritten silently.
+    refused = subprocess.run(
+        [sys.executable, "-m", "cli", "export", str(run_dir), "--out", str(best_json)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert refused.returncode == 2 and "--force" in refused.stderr
+
+    model_dir = tmp_path / "model"
+    bottletune("train", "--config", str(best_json), "--data", str(shapes_data),
+               "--out", str(model_dir), "--cache-dir", str(tmp_path / "cache"),
+               env=env, cwd=tmp_path)
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == exported["epochs"]
+    # The saved model (preprocessing + backbone + head, on images) agrees with
+    # the trainer's own validation on cached features.
+    assert metrics["validation_accuracy"] == pytest.approx(
+        metrics["trained_validation_accuracy"], abs=1e-6
+    )
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+
+    evaluated = bottletune("evaluate", "--model", str(model_dir / "model.keras"),
+                           "--data", str(shapes_data), env=env, cwd=tmp_path)
+    assert f"test accuracy: {metrics['test_accuracy']:.4f} on 6 images" in evaluated.stdout
+
+    images = sorted(str(p) for p in (shapes_data / "test").rglob("*.*"))[:3]
+    predicted = bottletune("predict", "--model", str(model_dir / "model.keras"), *images,
+                           env=env, cwd=tmp_path)
+    lines = predicted.stdout.strip().splitlines()
+    assert len(lines) == 3
+    for line, image in zip(lines, images, strict=True):
+        path, label, probability = line.split("\t")
+        assert path == image
+        assert label in ("circle", "square")
+        assert 0.5 <= float(probability) <= 1.0

@@ -1,0 +1,117 @@
+"""Real searches: real Ray, real Keras training, small synthetic images, weights none."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from core.features import FeatureCache
+from search_spaces import SpaceError
+from tuning.config import SearchConfig, load_config
+from tuning.search import SearchError, run_search
+
+pytestmark = pytest.mark.integration
+
+# Depths 0-2, no augmentation: three cuts (block5, block4, block3), no images.
+SPACE = """
+dropout: {type: float, low: 0.0, high: 0.6}
+l2: {type: float, low: 1.0e-6, high: 1.0e-3, log: true}
+unfreeze_blocks: {type: int, low: 0, high: 2}
+head_learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+finetune_learning_rate: {type: float, low: 1.0e-5, high: 1.0e-3, log: true, when: "unfreeze_blocks > 0"}
+augmentation: 0.0
+dense_units: {type: categorical, choices: [16, 32]}
+"""
+
+
+def small_config(tmp_path: Path, **overrides: object) -> SearchConfig:
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    values: dict[str, object] = {
+        "weights": "none",
+        "image_size": 32,
+        "num_samples": 4,
+        "max_epochs": 3,
+        "head_epochs": 1,
+        "grace_period": 1,
+        "reduction_factor": 2,
+        "max_concurrent_trials": 2,
+        "cpus_per_trial": 1,
+        "gpus_per_trial": 0.5,
+        "include_dashboard": False,
+        "cache_dir": str(tmp_path / "cache"),
+        "space": str(space),
+        "seed": 3,
+    }
+    values.update(overrides)
+    return load_config(overrides=values)
+
+
+def test_search_computes_features_once_and_a_second_search_reuses_them(
+    local_ray: None, shapes_data: Path, tmp_path: Path
+) -> None:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    config = small_config(tmp_path)
+    first = run_search(config, shapes_data, tmp_path / "run1", progress=False)
+
+    cache = FeatureCache(config.cache_path)
+    built = sorted(build["cut"] for build in cache.builds())
+    assert built == ["block3_pool", "block4_pool", "block5_pool"]
+    assert len(first.cache.misses) == 3 and not first.cache.hits
+
+    # Every trial reported, and every trial (including those ASHA stopped) was
+    # told to the Optuna study with its value, so the sampler learns from it.
+    assert len(first.trials) == 4
+    assert all(trial["val_accuracy"] is not None for trial in first.trials)
+    study = optuna.load_study(
+        study_name="bottletune",
+        storage=JournalStorage(JournalFileBackend(str(tmp_path / "run1" / "optuna.journal"))),
+    )
+    assert len(study.trials) == 4
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert sorted(t.value for t in study.trials) == sorted(
+        trial["val_accuracy"] for trial in first.trials
+    )
+    stopped = [t for t in first.trials if t["status"] == "stopped_early"]
+    assert all(t["epochs"] < config.max_epochs for t in stopped)
+    depths = {t["hyperparameters"]["unfreeze_blocks"] for t in first.trials}
+    assert depths <= {0, 1, 2}
+
+    results = json.loads((tmp_path / "run1" / "results.json").read_text())
+    assert results["best_trial_id"] == first.best["trial_id"]
+    assert (tmp_path / "run1" / "config.yaml").is_file()
+    assert load_config(tmp_path / "run1" / "config.yaml") == config
+
+    second = run_search(
+        config.replace(num_samples=2), shapes_data, tmp_path / "run2", progress=False
+    )
+    assert len(cache.builds()) == 3, "the second search recomputed features"
+    assert len(second.cache.hits) == 3 and not second.cache.misses
+
+
+def test_impossible_requests_fail_before_any_trial_runs(
+    local_ray: None, shapes_data: Path, tmp_path: Path
+) -> None:
+    # Two fake GPUs in the fixture: a trial asking for three can never be placed.
+    with pytest.raises(ValueError, match="gpus_per_trial=3"):
+        run_search(small_config(tmp_path, gpus_per_trial=3.0), shapes_data, tmp_path / "a",
+                   progress=False)
+
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("unfreeze_blocks: {type: int, low: 0, high: 6}\n")
+    with pytest.raises(SpaceError, match="unfreeze_blocks"):
+        run_search(small_config(tmp_path, space=str(deep)), shapes_data, tmp_path / "b",
+                   progress=False)
+    assert not (tmp_path / "b").exists()
+
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "notes.txt").write_text("mine")
+    with pytest.raises(SearchError, match="not empty"):
+        run_search(small_config(tmp_path), shapes_data, occupied, progress=False)
+    assert (occupied / "notes.txt").read_text() == "mine"

@@ -206,7 +206,8 @@ def _prepare_output(root: Path, overwrite: bool) -> None:
         if not overwrite:
             raise FileExistsError(
                 f"demo data output {root} exists and is not empty; "
-                "pass overwrite=True to replace its train/validation/test folders"
+                "pass overwrite=True (--overwrite on the command line) to replace its "
+                "train/validation/test folders"
             )
         # Remove only what this function writes; anything else in root is the user's.
         for split in DEMO_SPLITS:

@@ -18,7 +18,15 @@ CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 class ConfigError(ValueError):
-    """A configuration key or value is wrong; the message names both."""
+    """A configuration key or value is wrong; the message names both.
+
+    Attributes:
+        key: The offending key, when one key is to blame.
+    """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass(frozen=True)
@@ -90,7 +98,8 @@ class SearchConfig:
                 raise ConfigError(f"{item.name}={value!r}: expected {expected.__name__}")
         if self.backbone not in BACKBONES:
             raise ConfigError(
-                f"backbone={self.backbone!r}: choose one of {', '.join(sorted(BACKBONES))}"
+                f"backbone={self.backbone!r}: choose one of {', '.join(sorted(BACKBONES))}",
+                "backbone",
             )
         spec = get_backbone(self.backbone)
         _require(
@@ -148,7 +157,9 @@ class SearchConfig:
             1 <= self.dashboard_port <= 65535, "dashboard_port", self.dashboard_port, "a TCP port"
         )
         if self.weights not in ("imagenet", "none") and not self.weights:
-            raise ConfigError("weights='': expected imagenet, none or a weights file path")
+            raise ConfigError(
+                "weights='': expected imagenet, none or a weights file path", "weights"
+            )
 
     @property
     def cache_path(self) -> Path:
@@ -167,7 +178,7 @@ def _field_type(name: str) -> type:
 
 def _require(condition: bool, key: str, value: object, requirement: str) -> None:
     if not condition:
-        raise ConfigError(f"{key}={value!r}: must be {requirement}")
+        raise ConfigError(f"{key}={value!r}: must be {requirement}", key)
 
 
 def resolve_config_path(name_or_path: str | os.PathLike[str]) -> Path:
@@ -227,6 +238,7 @@ def load_config(
         ConfigError: naming the file or --set key and the bad value.
     """
     values = dataclasses.asdict(base) if base is not None else {}
+    sources: dict[str, str] = {}
     if path is not None:
         file = resolve_config_path(path)
         try:
@@ -237,13 +249,17 @@ def load_config(
             raise ConfigError(f"{file}: expected a mapping of config keys")
         for key, value in data.items():
             values[key] = _coerce(str(key), value, str(file))
+            sources[str(key)] = str(file)
     for key, value in (overrides or {}).items():
         values[key] = _coerce(key, value, "--set")
+        sources[key] = "--set"
     try:
         return SearchConfig(**values)
     except ConfigError as error:
-        source = f"{path}: " if path is not None else ""
-        raise ConfigError(f"{source}{error}") from None
+        # Blame where the bad value came from: the file, --set, or a default.
+        source = sources.get(error.key or "", "")
+        prefix = f"{source}: " if source else ""
+        raise ConfigError(f"{prefix}{error}", error.key) from None
 
 
 def write_config(config: SearchConfig, path: Path) -> None:

@@ -70,24 +70,29 @@ class BestConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str) -> BestConfig:
-        required = (
-            "hyperparameters",
-            "backbone",
-            "weights",
-            "image_size",
-            "seed",
-            "epochs",
-            "head_epochs",
-            "validation_fraction",
-            "dataset_fingerprint",
-            "class_names",
-            "metric",
-            "value",
-            "trial_id",
-        )
+        required = {
+            "hyperparameters": dict,
+            "backbone": str,
+            "weights": str,
+            "image_size": int,
+            "seed": int,
+            "epochs": int,
+            "head_epochs": int,
+            "validation_fraction": float,
+            "dataset_fingerprint": str,
+            "class_names": list,
+            "metric": str,
+            "value": float,
+            "trial_id": str,
+        }
         missing = [key for key in required if key not in data]
         if missing:
             raise ExportError(f"{source}: missing key(s) {', '.join(missing)}")
+        for key, expected in required.items():
+            value = data[key]
+            numeric = expected is float and isinstance(value, int)
+            if isinstance(value, bool) or not (isinstance(value, expected) or numeric):
+                raise ExportError(f"{source}: {key}={value!r}: expected {expected.__name__}")
         unknown = set(data["hyperparameters"]) - set(Hyperparameters.names())
         if unknown:
             raise ExportError(f"{source}: unknown hyperparameter(s) {', '.join(sorted(unknown))}")
@@ -97,18 +102,18 @@ class BestConfig:
             raise ExportError(f"{source}: {error}") from error
         return cls(
             hyperparameters=hparams,
-            backbone=str(data["backbone"]),
-            weights=str(data["weights"]),
-            image_size=int(data["image_size"]),
-            seed=int(data["seed"]),
-            epochs=int(data["epochs"]),
-            head_epochs=int(data["head_epochs"]),
+            backbone=data["backbone"],
+            weights=data["weights"],
+            image_size=data["image_size"],
+            seed=data["seed"],
+            epochs=data["epochs"],
+            head_epochs=data["head_epochs"],
             validation_fraction=float(data["validation_fraction"]),
-            dataset_fingerprint=str(data["dataset_fingerprint"]),
-            class_names=tuple(data["class_names"]),
-            metric=str(data["metric"]),
+            dataset_fingerprint=data["dataset_fingerprint"],
+            class_names=tuple(str(name) for name in data["class_names"]),
+            metric=data["metric"],
             value=float(data["value"]),
-            trial_id=str(data["trial_id"]),
+            trial_id=data["trial_id"],
         )
 
     @classmethod
@@ -135,24 +140,35 @@ def best_config(run_dir: str | os.PathLike[str]) -> BestConfig:
             f"{results_path}: cannot read the search results ({error}); is {run_dir} a "
             "finished bottletune run directory?"
         ) from error
-    trials = {trial["trial_id"]: trial for trial in results["trials"]}
-    best = trials[results["best_trial_id"]]
-    search = results["search"]
-    return BestConfig(
-        hyperparameters=Hyperparameters.from_mapping(best["hyperparameters"]),
-        backbone=search["backbone"],
-        weights=search["weights"],
-        image_size=search["image_size"],
-        seed=search["seed"],
-        epochs=best["epochs"],
-        head_epochs=search["head_epochs"],
-        validation_fraction=search["validation_fraction"],
-        dataset_fingerprint=results["dataset"]["fingerprint"],
-        class_names=tuple(results["dataset"]["class_names"]),
-        metric=results["metric"],
-        value=best["val_accuracy"],
-        trial_id=best["trial_id"],
-    )
+    if not isinstance(results, dict):
+        raise ExportError(f"{results_path}: expected a JSON object of search results")
+    try:
+        trials = {trial["trial_id"]: trial for trial in results["trials"]}
+        best_id = results["best_trial_id"]
+        if best_id not in trials:
+            raise ExportError(f"{results_path}: best_trial_id {best_id!r} names no trial")
+        best = trials[best_id]
+        search = results["search"]
+        candidate = {
+            "hyperparameters": best["hyperparameters"],
+            "backbone": search["backbone"],
+            "weights": search["weights"],
+            "image_size": search["image_size"],
+            "seed": search["seed"],
+            "epochs": best["epochs"],
+            "head_epochs": search["head_epochs"],
+            "validation_fraction": search["validation_fraction"],
+            "dataset_fingerprint": results["dataset"]["fingerprint"],
+            "class_names": results["dataset"]["class_names"],
+            "metric": results["metric"],
+            "value": best["val_accuracy"],
+            "trial_id": best["trial_id"],
+        }
+    except (KeyError, TypeError, AttributeError) as error:
+        raise ExportError(
+            f"{results_path}: not a bottletune results file (missing or malformed {error})"
+        ) from error
+    return BestConfig.from_dict(candidate, str(results_path))
 
 
 def export_best(

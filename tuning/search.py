@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,15 +189,20 @@ def run_search(
                 num_samples=config.num_samples,
                 max_concurrent_trials=config.max_concurrent_trials or None,
                 time_budget_s=config.time_budget_s or None,
+                trial_name_creator=trial_name,
+                trial_dirname_creator=trial_name,
             ),
             run_config=tune.RunConfig(
                 name=TRIALS_DIR,
                 storage_path=str(run_dir),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 failure_config=tune.FailureConfig(max_failures=config.max_failures),
                 verbose=1 if progress else 0,
             ),
         )
+        # Trials checkpoint every epoch, so Tune snapshots its state often; on
+        # short epochs it warns about that each time. The snapshots are small.
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         started = time.perf_counter()
         grid = tuner.fit()
         seconds = time.perf_counter() - started
@@ -241,6 +247,11 @@ def run_search(
     return SearchResult(
         run_dir=run_dir, best=best, trials=trials, cache=stats, dashboard_url=dashboard_url
     )
+
+
+def trial_name(trial: Any) -> str:
+    """Short trial names and directories (Ray's default repeats every parameter)."""
+    return f"trial_{trial.trial_id}"
 
 
 def _summarize(result: Any, max_epochs: int) -> dict[str, Any]:

@@ -52,12 +52,30 @@ def test_tune_export_train_evaluate_predict(
     env = dict(os.environ, RAY_TMPDIR=str(ray_temp_dir), PYTHONPATH=str(REPO))
     run_dir = tmp_path / "run"
     tuned = bottletune(
-        "tune", "--data", str(shapes_data), "--out", str(run_dir), "--config", "demo",
-        "--num-cpus", "2", "--quiet",
-        "--set", "image_size=32", "--set", "num_samples=3", "--set", "max_epochs=2",
-        "--set", "head_epochs=1", "--set", "include_dashboard=false",
-        "--set", f"cache_dir={tmp_path / 'cache'}",
-        env=env, cwd=tmp_path,
+        "tune",
+        "--data",
+        str(shapes_data),
+        "--out",
+        str(run_dir),
+        "--config",
+        "demo",
+        "--num-cpus",
+        "2",
+        "--quiet",
+        "--set",
+        "image_size=32",
+        "--set",
+        "num_samples=3",
+        "--set",
+        "max_epochs=2",
+        "--set",
+        "head_epochs=1",
+        "--set",
+        "include_dashboard=false",
+        "--set",
+        f"cache_dir={tmp_path / 'cache'}",
+        env=env,
+        cwd=tmp_path,
     )
     assert "best trial" in tuned.stdout
 
@@ -79,14 +97,28 @@ def test_tune_export_train_evaluate_predict(
     # Exporting again over the same file is refused: nothing is overwritten silently.
     refused = subprocess.run(
         [sys.executable, "-m", "cli", "export", str(run_dir), "--out", str(best_json)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert refused.returncode == 2 and "--force" in refused.stderr
 
     model_dir = tmp_path / "model"
-    bottletune("train", "--config", str(best_json), "--data", str(shapes_data),
-               "--out", str(model_dir), "--cache-dir", str(tmp_path / "cache"),
-               env=env, cwd=tmp_path)
+    bottletune(
+        "train",
+        "--config",
+        str(best_json),
+        "--data",
+        str(shapes_data),
+        "--out",
+        str(model_dir),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        env=env,
+        cwd=tmp_path,
+    )
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["epochs"] == exported["epochs"]
     # The saved model (preprocessing + backbone + head, on images) agrees with
@@ -96,13 +128,21 @@ def test_tune_export_train_evaluate_predict(
     )
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
 
-    evaluated = bottletune("evaluate", "--model", str(model_dir / "model.keras"),
-                           "--data", str(shapes_data), env=env, cwd=tmp_path)
+    evaluated = bottletune(
+        "evaluate",
+        "--model",
+        str(model_dir / "model.keras"),
+        "--data",
+        str(shapes_data),
+        env=env,
+        cwd=tmp_path,
+    )
     assert f"test accuracy: {metrics['test_accuracy']:.4f} on 6 images" in evaluated.stdout
 
     images = sorted(str(p) for p in (shapes_data / "test").rglob("*.*"))[:3]
-    predicted = bottletune("predict", "--model", str(model_dir / "model.keras"), *images,
-                           env=env, cwd=tmp_path)
+    predicted = bottletune(
+        "predict", "--model", str(model_dir / "model.keras"), *images, env=env, cwd=tmp_path
+    )
     lines = predicted.stdout.strip().splitlines()
     assert len(lines) == 3
     for line, image in zip(lines, images, strict=True):

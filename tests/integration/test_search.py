@@ -20,7 +20,8 @@ dropout: {type: float, low: 0.0, high: 0.6}
 l2: {type: float, low: 1.0e-6, high: 1.0e-3, log: true}
 unfreeze_blocks: {type: int, low: 0, high: 2}
 head_learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
-finetune_learning_rate: {type: float, low: 1.0e-5, high: 1.0e-3, log: true, when: "unfreeze_blocks > 0"}
+finetune_learning_rate:
+  {type: float, low: 1.0e-5, high: 1.0e-3, log: true, when: "unfreeze_blocks > 0"}
 augmentation: 0.0
 dense_units: {type: categorical, choices: [16, 32]}
 """
@@ -99,14 +100,16 @@ def test_impossible_requests_fail_before_any_trial_runs(
 ) -> None:
     # Two fake GPUs in the fixture: a trial asking for three can never be placed.
     with pytest.raises(ValueError, match="gpus_per_trial=3"):
-        run_search(small_config(tmp_path, gpus_per_trial=3.0), shapes_data, tmp_path / "a",
-                   progress=False)
+        run_search(
+            small_config(tmp_path, gpus_per_trial=3.0), shapes_data, tmp_path / "a", progress=False
+        )
 
     deep = tmp_path / "deep.yaml"
     deep.write_text("unfreeze_blocks: {type: int, low: 0, high: 6}\n")
     with pytest.raises(SpaceError, match="unfreeze_blocks"):
-        run_search(small_config(tmp_path, space=str(deep)), shapes_data, tmp_path / "b",
-                   progress=False)
+        run_search(
+            small_config(tmp_path, space=str(deep)), shapes_data, tmp_path / "b", progress=False
+        )
     assert not (tmp_path / "b").exists()
 
     occupied = tmp_path / "occupied"

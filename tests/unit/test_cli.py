@@ -1,0 +1,163 @@
+"""Unit tests for the bottletune command, run as ``python -m cli`` in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+HEAVY_MODULES = ("tensorflow", "keras", "ray", "optuna")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def file_bytes(root: Path) -> dict[str, bytes]:
+    return {
+        path.relative_to(root).as_posix(): path.read_bytes()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_help_lists_the_commands() -> None:
+    result = run_cli("--help")
+
+    assert result.returncode == 0, result.stderr
+    for command in ("tune", "check-config", "export", "train", "evaluate", "predict"):
+        assert command in result.stdout
+    assert "make-demo-data" in result.stdout
+
+
+def test_tune_help_mentions_the_key_options() -> None:
+    result = run_cli("tune", "--help")
+
+    assert result.returncode == 0, result.stderr
+    for option in ("--data", "--out", "--config", "--set", "--address"):
+        assert option in result.stdout
+
+
+def test_parser_and_check_config_import_no_heavy_library() -> None:
+    code = f"""
+import contextlib, io, json, sys
+from cli.main import build_parser, main
+
+parser = build_parser()
+with contextlib.redirect_stdout(io.StringIO()) as shown:
+    try:
+        parser.parse_args(["tune", "--help"])
+    except SystemExit as stop:
+        assert stop.code == 0, stop.code
+assert "--address" in shown.getvalue()
+args = parser.parse_args(
+    ["tune", "--data", "d", "--out", "o", "--config", "demo", "--set", "seed=1",
+     "--address", "auto"]
+)
+assert (args.command, args.overrides, args.address) == ("tune", ["seed=1"], "auto")
+after_parser = sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules)
+with contextlib.redirect_stdout(io.StringIO()):
+    code = main(["check-config", "--config", "demo"])
+assert code == 0, code
+after_check = sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules)
+print(json.dumps({{"parser": after_parser, "check-config": after_check}}))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    imported = json.loads(result.stdout.strip().splitlines()[-1])
+    assert imported == {"parser": [], "check-config": []}
+
+
+def test_check_config_unknown_set_key_is_a_one_line_error() -> None:
+    result = run_cli("check-config", "--set", "nope=1")
+
+    assert result.returncode == 2
+    lines = error_lines(result)
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("bottletune check-config: error:")
+    assert "'nope'" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_check_config_bad_value_is_a_one_line_error() -> None:
+    result = run_cli("check-config", "--config", "demo", "--set", "sampler=nope")
+
+    assert result.returncode == 2
+    lines = error_lines(result)
+    assert len(lines) == 1, result.stderr
+    assert "sampler='nope'" in lines[0]
+
+
+def test_check_config_prints_the_resolved_demo_config() -> None:
+    result = run_cli("check-config", "--config", "demo", "--set", "seed=5")
+
+    assert result.returncode == 0, result.stderr
+    printed = yaml.safe_load(result.stdout)
+    assert printed["config"]["image_size"] == 48
+    assert printed["config"]["weights"] == "none"
+    assert printed["config"]["seed"] == 5
+    assert printed["space"], "the resolved search space is missing"
+    assert "image_size: 48" in result.stdout
+
+
+def test_make_demo_data_writes_splits_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+
+    made = run_cli("make-demo-data", str(out), "--classes", "2", "--per-class", "3", "--size", "32")
+
+    assert made.returncode == 0, made.stderr
+    assert sorted(path.name for path in out.iterdir()) == ["test", "train", "validation"]
+    for split in ("train", "validation", "test"):
+        class_dirs = sorted((out / split).iterdir())
+        assert len(class_dirs) == 2
+        assert all(any(class_dir.iterdir()) for class_dir in class_dirs)
+    assert sum(1 for _ in (out / "train").rglob("*.*")) == 2 * 3
+    before = file_bytes(out)
+
+    again = run_cli("make-demo-data", str(out), "--classes", "2", "--per-class", "3")
+
+    assert again.returncode == 2
+    lines = error_lines(again)
+    assert len(lines) == 1, again.stderr
+    assert str(out) in lines[0]
+    assert file_bytes(out) == before
+
+
+def test_export_of_a_non_run_directory_names_results_json(tmp_path: Path) -> None:
+    not_a_run = tmp_path / "somewhere"
+    not_a_run.mkdir()
+    out = tmp_path / "best.json"
+
+    result = run_cli("export", str(not_a_run), "--out", str(out))
+
+    assert result.returncode == 2
+    lines = error_lines(result)
+    assert len(lines) == 1, result.stderr
+    assert str(not_a_run / "results.json") in lines[0]
+    assert not out.exists()

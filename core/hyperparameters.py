@@ -1,4 +1,4 @@
-"""The hyperparameters one trial of the recipe takes, with their hard limits.
+"""What one trial of the recipe takes: its hyperparameters (with hard limits) and its setup.
 
 This module is plain Python (no TensorFlow, no Ray) so that search spaces and
 configuration can be validated before anything heavy is imported.
@@ -137,3 +137,31 @@ class Hyperparameters:
 def _check(condition: bool, name: str, value: object, requirement: str) -> None:
     if not condition:
         raise HyperparameterError(f"{name}={value!r}: {requirement}")
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    """What a trial takes from the search rather than from its hyperparameters.
+
+    Attributes:
+        backbone: Registry name.
+        weights: "imagenet", "none" or a weights file path.
+        image_size: Side of the input images.
+        epochs: Total epochs (both phases).
+        head_epochs: Epochs of phase 1 when phase 2 follows; a head-only
+            trial trains the head for all ``epochs``.
+        seed: Seed of the backbone's random init and of training.
+    """
+
+    backbone: str
+    weights: str
+    image_size: int
+    epochs: int
+    head_epochs: int
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise HyperparameterError(f"epochs={self.epochs}: must be >= 1")
+        if self.head_epochs < 1:
+            raise HyperparameterError(f"head_epochs={self.head_epochs}: must be >= 1")

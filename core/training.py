@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,38 +22,10 @@ import numpy as np
 
 from core.backbones import build_backbone, get_backbone
 from core.features import FeatureBundle
-from core.hyperparameters import Hyperparameters
+from core.hyperparameters import Hyperparameters, TrainingSetup
 from core.model import build_finetune_models, build_head, build_inference_model, loss_for
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainingSetup:
-    """What a trial takes from the search rather than from its hyperparameters.
-
-    Attributes:
-        backbone: Registry name.
-        weights: "imagenet", "none" or a weights file path.
-        image_size: Side of the input images.
-        epochs: Total epochs (both phases).
-        head_epochs: Epochs of phase 1 when phase 2 follows; a head-only
-            trial trains the head for all ``epochs``.
-        seed: Seed of the backbone's random init and of training.
-    """
-
-    backbone: str
-    weights: str
-    image_size: int
-    epochs: int
-    head_epochs: int
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs={self.epochs}: must be >= 1")
-        if self.head_epochs < 1:
-            raise ValueError(f"head_epochs={self.head_epochs}: must be >= 1")
 
 
 class ArrayBatches(keras.utils.PyDataset):

@@ -66,9 +66,9 @@ class SearchConfig:
     image_size: int = 150
     num_samples: int = 16
     max_epochs: int = 10
-    head_epochs: int = 5
-    grace_period: int = 2
-    reduction_factor: int = 3
+    head_epochs: int = 3
+    grace_period: int = 4
+    reduction_factor: int = 2
     sampler: str = "tpe"
     seed: int = 0
     max_concurrent_trials: int = 0

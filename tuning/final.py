@@ -49,10 +49,10 @@ def train_final(
         training, validation and (when the data has one) test accuracy of the
         saved model, and the per-epoch history.
     """
-    from core.hyperparameters import Hyperparameters
+    from core.hyperparameters import Hyperparameters, TrainingSetup
     from core.inference import INFO_FILE, ModelInfo, evaluate
     from core.runtime import configure_tensorflow
-    from core.training import RecipeTrainer, TrainingSetup
+    from core.training import RecipeTrainer
 
     config = BestConfig.read(config_path)
     out = Path(out)

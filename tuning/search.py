@@ -19,7 +19,7 @@ from typing import Any
 from core.backbones import get_backbone, weights_identity
 from core.data import DatasetIndex, scan_dataset
 from core.features import CacheStats, FeatureBundle, FeatureCache
-from core.hyperparameters import Hyperparameters
+from core.hyperparameters import Hyperparameters, TrainingSetup
 from search_spaces import SearchSpace, load_space, to_optuna
 from tuning.config import SearchConfig, write_config
 from tuning.samplers import make_sampler
@@ -132,6 +132,14 @@ def run_search(
     spec = get_backbone(config.backbone)
     space.validate_for_backbone(spec.num_blocks, spec.name)
     make_sampler(config.sampler, config.seed)  # fail on a missing sampler dependency now
+    if max(space.unfreeze_block_values()) > 0 and config.grace_period <= config.head_epochs:
+        logger.warning(
+            "ASHA's first rung (grace_period=%d) comes before fine-tuning starts "
+            "(head_epochs=%d): there, trials that fine-tune are judged on their head alone. "
+            "A grace_period above head_epochs lets ASHA see fine-tuning.",
+            config.grace_period,
+            config.head_epochs,
+        )
     index, bundle, stats = prepare_features(config, data_dir, space, progress=progress)
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -152,15 +160,15 @@ def run_search(
         logger.info("Ray dashboard: %s", info.dashboard_url)
     try:
         check_trial_fits(info, config.cpus_per_trial, config.gpus_per_trial)
-        context = TrialContext(
+        setup = TrainingSetup(
             backbone=config.backbone,
             weights=config.weights,
             image_size=config.image_size,
-            max_epochs=config.max_epochs,
+            epochs=config.max_epochs,
             head_epochs=config.head_epochs,
             seed=config.seed,
-            cpus_per_trial=config.cpus_per_trial,
         )
+        context = TrialContext(setup=setup, cpus_per_trial=config.cpus_per_trial)
         trainable = tune.with_resources(
             share_with_trials(recipe_trainable, bundle=bundle, context=context),
             {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial},

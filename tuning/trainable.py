@@ -7,18 +7,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.features import FeatureBundle
+from core.hyperparameters import TrainingSetup
 
 
 @dataclass(frozen=True)
 class TrialContext:
-    """The search-wide settings every trial shares (not searched over)."""
+    """The search-wide settings every trial shares (not searched over).
 
-    backbone: str
-    weights: str
-    image_size: int
-    max_epochs: int
-    head_epochs: int
-    seed: int
+    Attributes:
+        setup: Backbone, weights, image size, epochs (ASHA's max_t) and seed.
+        cpus_per_trial: CPUs Ray reserves per trial; TensorFlow gets as many threads.
+    """
+
+    setup: TrainingSetup
     cpus_per_trial: float
 
 
@@ -34,19 +35,10 @@ def recipe_trainable(
 
     from core.hyperparameters import Hyperparameters
     from core.runtime import configure_tensorflow
-    from core.training import RecipeTrainer, TrainingSetup
+    from core.training import RecipeTrainer
 
     configure_tensorflow(max(1, int(context.cpus_per_trial)))
-    hparams = Hyperparameters.from_mapping(config)
-    setup = TrainingSetup(
-        backbone=context.backbone,
-        weights=context.weights,
-        image_size=context.image_size,
-        epochs=context.max_epochs,
-        head_epochs=context.head_epochs,
-        seed=context.seed,
-    )
-    trainer = RecipeTrainer(hparams, setup, bundle)
+    trainer = RecipeTrainer(Hyperparameters.from_mapping(config), context.setup, bundle)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:

@@ -23,6 +23,14 @@ optimizer are ignored. Training a layer costs ~3 forwards (forward + backward),
 a frozen layer run by the naive model one forward, validation one forward. The
 head is negligible next to any conv block, except for ``unfreeze_blocks=0``
 where it is all the cached epoch computes; it is counted so that ratio is finite.
+
+Reading the numbers: both sides reach ``fit`` through tf.data with AUTOTUNE
+prefetching (Keras' array adapter for the naive side, its PyDataset adapter for
+``RecipeTrainer``'s batches). With TensorFlow 2.21 an epoch's iterator teardown
+was seen to wait for the autotune thread, whose sleep doubles from 10 ms, so
+epoch times snap up to about 2.56, 5.12 or 10.24 s (10 ms * (2^n - 1)); with
+autotune disabled on the datasets they did not. The per-epoch lists in the JSON
+show when that happened.
 """
 
 from __future__ import annotations
@@ -41,6 +49,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from core.backbones import apply_layers, build_backbone, get_backbone, split_layers
+from core.data import scan_dataset
+from core.demo_data import make_demo_data
+from core.features import FeatureBundle, FeatureCache
+from core.hyperparameters import Hyperparameters, TrainingSetup
+from core.runtime import configure_tensorflow
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +188,7 @@ def load_average() -> list[float] | None:
 
 
 def build_naive_model(
-    hparams: Any, image_size: int, head_shape: tuple[int, ...], num_classes: int
+    hparams: Hyperparameters, image_size: int, head_shape: tuple[int, ...], num_classes: int
 ) -> tuple[Any, Any, list[Any]]:
     """The plain-Keras model: uint8 image -> preprocess -> VGG16 -> head, compiled.
 
@@ -187,7 +202,6 @@ def build_naive_model(
     """
     import keras
 
-    from core.backbones import apply_layers, build_backbone, get_backbone, split_layers
     from core.layers import BackbonePreprocess
     from core.model import build_head, freeze, loss_for, unfreeze
 
@@ -214,10 +228,8 @@ def build_naive_model(
     return model, preprocess, prefix
 
 
-def hyperparameters(unfreeze_blocks: int, batch_size: int) -> Any:
+def hyperparameters(unfreeze_blocks: int, batch_size: int) -> Hyperparameters:
     """The recipe's default hyperparameters, without augmentation, at this depth."""
-    from core.hyperparameters import Hyperparameters
-
     return Hyperparameters(unfreeze_blocks=unfreeze_blocks, batch_size=batch_size, augmentation=0.0)
 
 
@@ -238,18 +250,16 @@ def naive_cut_difference(
     """
     import keras
 
-    from core.backbones import apply_layers
-
-    count = min(4, len(images))
     if not prefix:
         return 0.0
+    count = min(4, len(images))
     output = apply_layers(prefix, preprocess(images[:count]))
     return float(np.max(np.abs(keras.ops.convert_to_numpy(output) - cached[:count])))
 
 
 def run_pair(
     unfreeze_blocks: int,
-    bundle: Any,
+    bundle: FeatureBundle,
     args: argparse.Namespace,
     flop_model: FlopModel,
     frozen_convs: dict[str, set[str]],
@@ -257,8 +267,7 @@ def run_pair(
     """Warms up and times one trial both ways, epochs interleaved."""
     import keras
 
-    from core.backbones import get_backbone
-    from core.training import RecipeTrainer, TrainingSetup
+    from core.training import RecipeTrainer
 
     spec = get_backbone(BACKBONE)
     cut = spec.cut_for(unfreeze_blocks)
@@ -281,6 +290,8 @@ def run_pair(
         raise RuntimeError(f"expected phase {timed_phase}, got {cached_warmup['phase']}")
 
     images = bundle.images
+    if images is None:
+        raise ValueError("the bundle must hold the images (include_images=True)")
     head_shape = tuple(bundle.features(spec.top_cut, "train").shape[1:])
     num_classes = len(bundle.class_names)
     model, preprocess, prefix = build_naive_model(hparams, args.size, head_shape, num_classes)
@@ -396,16 +407,10 @@ def main(argv: list[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     # Thread pools are fixed by TensorFlow's first op: configure before anything else.
-    from core.runtime import configure_tensorflow
-
     configure_tensorflow(args.threads)
 
     import keras
 
-    from core.backbones import build_backbone, get_backbone, split_layers
-    from core.data import scan_dataset
-    from core.demo_data import make_demo_data
-    from core.features import FeatureCache
     from core.model import build_head
 
     spec = get_backbone(BACKBONE)
@@ -453,7 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     head_shape = tuple(bundle.features(spec.top_cut, "train").shape[1:])
     flop_model = FlopModel(
         conv=conv_flops(reference),
-        head=dense_flops(build_head(head_shape, len(bundle.class_names), hyperparameters(0, 16))),
+        head=dense_flops(
+            build_head(head_shape, len(bundle.class_names), hyperparameters(0, args.batch_size))
+        ),
     )
     frozen_convs = {cut: {layer.name for layer in split_layers(reference, cut)[0]} for cut in cuts}
     del reference

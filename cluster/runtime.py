@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""Ray's switch for single-machine networking: "0" binds node addresses to loopback."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,10 @@ def connect(
 ) -> ClusterInfo:
     """Starts a single-node Ray, or connects to an existing cluster.
 
+    A local Ray started here keeps its processes and dashboard on 127.0.0.1
+    (unless ``dashboard_host`` says otherwise, or Ray was imported earlier
+    in the process without ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``).
+
     Args:
         address: None starts a new local Ray in this process; "auto", a
             "host:port" GCS address or "ray://host:port" joins a running cluster.
@@ -64,6 +71,11 @@ def connect(
     Returns:
         Where the driver is connected, and what the cluster has.
     """
+    if address is None and "ray" not in sys.modules:
+        # Ray picks the machine's outward-facing IP even for a single-node
+        # cluster; this Ray setting keeps a local Ray's processes on loopback.
+        # It must be set before ray is imported (Ray reads it at import time).
+        os.environ.setdefault(LOCAL_ONLY_ENV, "0")
     import ray
 
     if ray.is_initialized():

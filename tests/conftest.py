@@ -9,6 +9,10 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Keep every Ray process of the tests (and of CLI children, which inherit the
+# environment) on loopback instead of the machine's outward-facing address.
+# Ray reads this when it is imported, so it is set before any test imports ray.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,11 @@ def bottletune(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Complet
     return result
 
 
+def overrides(**settings: object) -> list[str]:
+    """``--set key=value`` arguments."""
+    return [part for key, value in settings.items() for part in ("--set", f"{key}={value}")]
+
+
 def last_reports(trials_dir: Path) -> dict[str, tuple[float, int, dict[str, object]]]:
     """Each trial's last reported val_accuracy, epoch count and params, read from Ray's files."""
     reports = {}
@@ -51,32 +56,14 @@ def test_tune_export_train_evaluate_predict(
 ) -> None:
     env = dict(os.environ, RAY_TMPDIR=str(ray_temp_dir), PYTHONPATH=str(REPO))
     run_dir = tmp_path / "run"
+    settings = overrides(
+        image_size=32, num_samples=3, max_epochs=2, head_epochs=1, grace_period=1,
+        include_dashboard="false", cache_dir=tmp_path / "cache",
+    )  # fmt: skip
     tuned = bottletune(
-        "tune",
-        "--data",
-        str(shapes_data),
-        "--out",
-        str(run_dir),
-        "--config",
-        "demo",
-        "--num-cpus",
-        "2",
-        "--quiet",
-        "--set",
-        "image_size=32",
-        "--set",
-        "num_samples=3",
-        "--set",
-        "max_epochs=2",
-        "--set",
-        "head_epochs=1",
-        "--set",
-        "include_dashboard=false",
-        "--set",
-        f"cache_dir={tmp_path / 'cache'}",
-        env=env,
-        cwd=tmp_path,
-    )
+        "tune", "--data", str(shapes_data), "--out", str(run_dir), "--config", "demo",
+        "--num-cpus", "2", "--quiet", *settings, env=env, cwd=tmp_path,
+    )  # fmt: skip
     assert "best trial" in tuned.stdout
 
     # The exported config is the best trial's, judged from Ray's own result files.
@@ -150,3 +137,65 @@ def test_tune_export_train_evaluate_predict(
         assert path == image
         assert label in ("circle", "square")
         assert 0.5 <= float(probability) <= 1.0
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_tune_joins_a_running_cluster_and_leaves_it_running(
+    shapes_data: Path, tmp_path: Path, ray_temp_dir: Path
+) -> None:
+    ray = str(Path(sys.executable).parent / "ray")
+    import secrets
+
+    # Ray >= 2.52 secures clusters with a token; the test's cluster gets its own.
+    env = dict(
+        os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
+        PYTHONPATH=str(REPO), RAY_TMPDIR=str(ray_temp_dir),
+    )  # fmt: skip
+    address = f"127.0.0.1:{free_port()}"
+    subprocess.run(
+        [
+            ray,
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={address.split(':')[1]}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            f"--temp-dir={ray_temp_dir}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
+    try:
+        run_dir = tmp_path / "run"
+        settings = overrides(
+            image_size=32, num_samples=2, max_epochs=1, head_epochs=1, grace_period=1,
+            cache_dir=tmp_path / "cache",
+        )  # fmt: skip
+        tuned = bottletune(
+            "tune", "--data", str(shapes_data), "--out", str(run_dir), "--config", "demo",
+            "--address", address, "--quiet", *settings, env=env, cwd=tmp_path,
+        )  # fmt: skip
+        assert "best trial" in tuned.stdout
+        results = json.loads((run_dir / "results.json").read_text())
+        assert len(results["trials"]) == 2
+        status = subprocess.run(
+            [ray, "status", "--address", address],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert status.returncode == 0 and "Active" in status.stdout, status.stderr[-2000:]
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)

@@ -54,9 +54,11 @@ def test_search_computes_features_once_and_a_second_search_reuses_them(
     local_ray: None, shapes_data: Path, tmp_path: Path
 ) -> None:
     import optuna
+    import ray
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
+    assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
     config = small_config(tmp_path)
     first = run_search(config, shapes_data, tmp_path / "run1", progress=False)
 

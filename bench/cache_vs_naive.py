@@ -11,7 +11,7 @@ cached
 naive
     What a plain Keras + Ray Tune script does: image -> VGG16 preprocessing ->
     full VGG16 (frozen below the cut, trainable above it) -> the same head,
-    ``model.fit`` on the uint8 images every epoch, with validation.
+    trained on the uint8 images every epoch, with validation.
 
 Both epochs include their validation pass (``RecipeTrainer.train_epoch``
 evaluates; the naive ``fit`` gets ``validation_data``).
@@ -24,13 +24,12 @@ a frozen layer run by the naive model one forward, validation one forward. The
 head is negligible next to any conv block, except for ``unfreeze_blocks=0``
 where it is all the cached epoch computes; it is counted so that ratio is finite.
 
-Reading the numbers: both sides reach ``fit`` through tf.data with AUTOTUNE
-prefetching (Keras' array adapter for the naive side, its PyDataset adapter for
-``RecipeTrainer``'s batches). With TensorFlow 2.21 an epoch's iterator teardown
-was seen to wait for the autotune thread, whose sleep doubles from 10 ms, so
-epoch times snap up to about 2.56, 5.12 or 10.24 s (10 ms * (2^n - 1)); with
-autotune disabled on the datasets they did not. The per-epoch lists in the JSON
-show when that happened.
+Both sides step through their batches with the same loop as RecipeTrainer
+(``train_on_batch``/``test_on_batch``). ``model.fit`` feeds batches through a
+tf.data pipeline whose autotune thread was seen, with TensorFlow 2.21, to hold
+the end of each epoch until its doubling sleep (10 ms, 20 ms, ...) ran out, so
+epoch times snapped up to about 2.56, 5.12 or 10.24 s; bottletune's trainer
+avoids that, and so does the naive side here, so the ratio measures the cache.
 """
 
 from __future__ import annotations
@@ -267,7 +266,7 @@ def run_pair(
     """Warms up and times one trial both ways, epochs interleaved."""
     import keras
 
-    from core.training import RecipeTrainer
+    from core.training import RecipeTrainer, array_batches, run_batches
 
     spec = get_backbone(BACKBONE)
     cut = spec.cut_for(unfreeze_blocks)
@@ -302,25 +301,31 @@ def run_pair(
     validation_y = targets(bundle.labels["validation"], num_classes)
 
     def naive_epoch() -> dict[str, float]:
+        # Same batch loop as RecipeTrainer (train_on_batch / test_on_batch), so
+        # that the ratio measures the cache and not two input pipelines.
         started = time.perf_counter()
-        history = model.fit(
-            images["train"],
-            train_y,
-            batch_size=args.batch_size,
-            epochs=1,
-            validation_data=(images["validation"], validation_y),
-            shuffle=True,
-            verbose=0,
-        ).history
+        seed = len(naive_reports) + 1
+        train = run_batches(
+            model,
+            array_batches(images["train"], train_y, args.batch_size, shuffle=True, seed=seed),
+            train=True,
+        )
+        validation = run_batches(
+            model,
+            array_batches(
+                images["validation"], validation_y, args.batch_size, shuffle=False, seed=0
+            ),
+            train=False,
+        )
         return {
             "epoch_seconds": time.perf_counter() - started,
-            "loss": float(history["loss"][-1]),
-            "val_accuracy": float(history["val_accuracy"][-1]),
+            "loss": train["loss"],
+            "val_accuracy": validation["accuracy"],
         }
 
-    naive_warmup = naive_epoch()
     cached_reports: list[dict[str, Any]] = []
     naive_reports: list[dict[str, float]] = []
+    naive_warmup = naive_epoch()
     for _ in range(args.epochs):
         cached_reports.append(trainer.train_epoch())
         naive_reports.append(naive_epoch())

@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True, help="JSON written by bottletune export")
     train.add_argument("--data", required=True, help="dataset directory")
     train.add_argument("--out", required=True, help="output directory")
-    train.add_argument("--cache-dir", default="~/.cache/bottletune", help="feature cache")
+    train.add_argument("--cache-dir", help="feature cache (default: the search's)")
     train.add_argument("--force", action="store_true", help="overwrite an existing model")
 
     evaluate = commands.add_parser("evaluate", help="accuracy of a saved model on a split")
@@ -195,7 +195,7 @@ COMMANDS = {
 }
 
 # Errors a user can fix: printed as one line, no traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileExistsError, FileNotFoundError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,6 +3,21 @@
 from __future__ import annotations
 
 from cluster.object_store import share_with_trials
-from cluster.runtime import ClusterInfo, check_trial_fits, connect, shutdown
+from cluster.runtime import (
+    ClusterInfo,
+    NodeResources,
+    check_trial_fits,
+    connect,
+    prefer_loopback,
+    shutdown,
+)
 
-__all__ = ["ClusterInfo", "check_trial_fits", "connect", "share_with_trials", "shutdown"]
+__all__ = [
+    "ClusterInfo",
+    "NodeResources",
+    "check_trial_fits",
+    "connect",
+    "prefer_loopback",
+    "share_with_trials",
+    "shutdown",
+]

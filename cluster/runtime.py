@@ -15,6 +15,36 @@ LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 """Ray's switch for single-machine networking: "0" binds node addresses to loopback."""
 
 
+def prefer_loopback() -> bool:
+    """Keeps the processes of a local Ray started later in this process on 127.0.0.1.
+
+    Ray picks the machine's outward-facing IP even for a single-node cluster.
+    Its ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` setting makes it use loopback,
+    but Ray reads it when it is first imported, so this must run before
+    anything imports ray. Only for a Ray this process starts: a driver that
+    joins a multi-node cluster needs its real address.
+
+    Returns:
+        True if the setting is (or already was) in force for this process.
+    """
+    if "ray" in sys.modules:
+        in_force = os.environ.get(LOCAL_ONLY_ENV) == "0"
+        if not in_force:
+            logger.info("ray was imported before bottletune could keep a local Ray on loopback")
+        return in_force
+    os.environ.setdefault(LOCAL_ONLY_ENV, "0")
+    return os.environ[LOCAL_ONLY_ENV] == "0"
+
+
+@dataclass(frozen=True)
+class NodeResources:
+    """What one alive node offers."""
+
+    address: str
+    cpus: float
+    gpus: float
+
+
 @dataclass(frozen=True)
 class ClusterInfo:
     """What the driver is connected to.
@@ -23,6 +53,7 @@ class ClusterInfo:
         address: The GCS address, or "local" for a cluster this process started.
         dashboard_url: Where the Ray dashboard is served, if it runs.
         resources: Total cluster resources (CPU, GPU, memory, ...).
+        nodes: CPUs and GPUs of each alive node.
         started_here: True when this call started a local Ray.
         connected_here: True when this call connected the driver (started a
             local Ray or joined a cluster); False when Ray was already
@@ -32,6 +63,7 @@ class ClusterInfo:
     address: str
     dashboard_url: str | None
     resources: dict[str, float]
+    nodes: tuple[NodeResources, ...]
     started_here: bool
     connected_here: bool = True
 
@@ -43,16 +75,16 @@ def connect(
     num_gpus: int | None = None,
     include_dashboard: bool = True,
     dashboard_host: str = LOOPBACK,
-    dashboard_port: int = 8265,
+    dashboard_port: int | None = None,
     object_store_memory: int | None = None,
     temp_dir: str | None = None,
     runtime_env: dict[str, Any] | None = None,
 ) -> ClusterInfo:
     """Starts a single-node Ray, or connects to an existing cluster.
 
-    A local Ray started here keeps its processes and dashboard on 127.0.0.1
-    (unless ``dashboard_host`` says otherwise, or Ray was imported earlier
-    in the process without ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``).
+    A local Ray started here keeps its dashboard on 127.0.0.1 unless
+    ``dashboard_host`` says otherwise, and its processes too when
+    ``prefer_loopback`` ran before ray was imported.
 
     Args:
         address: None starts a new local Ray in this process; "auto", a
@@ -63,7 +95,8 @@ def connect(
         dashboard_host: Interface the local dashboard listens on. Anything but
             loopback exposes the dashboard (which can submit jobs) to the network,
             so it is logged as a warning.
-        dashboard_port: Port of the local dashboard.
+        dashboard_port: Port of the local dashboard (None: Ray's default,
+            8265, or the next free port when another Ray holds it).
         object_store_memory: Bytes for the local object store.
         temp_dir: Ray's session directory root for a local Ray.
         runtime_env: Runtime environment for the driver's job (e.g. working_dir).
@@ -71,11 +104,8 @@ def connect(
     Returns:
         Where the driver is connected, and what the cluster has.
     """
-    if address is None and "ray" not in sys.modules:
-        # Ray picks the machine's outward-facing IP even for a single-node
-        # cluster; this Ray setting keeps a local Ray's processes on loopback.
-        # It must be set before ray is imported (Ray reads it at import time).
-        os.environ.setdefault(LOCAL_ONLY_ENV, "0")
+    if address is None:
+        prefer_loopback()
     import ray
 
     if ray.is_initialized():
@@ -86,43 +116,50 @@ def connect(
                 "the Ray dashboard will listen on %s:%s, reachable from the network: anyone "
                 "who can reach it can see this search and submit jobs to this cluster",
                 dashboard_host,
-                dashboard_port,
+                dashboard_port or 8265,
             )
         kwargs: dict[str, Any] = {
             "num_cpus": num_cpus,
             "num_gpus": num_gpus,
             "include_dashboard": include_dashboard,
             "dashboard_host": dashboard_host,
-            "dashboard_port": dashboard_port,
             "runtime_env": runtime_env,
             "log_to_driver": True,
         }
+        if dashboard_port:
+            kwargs["dashboard_port"] = dashboard_port
         if object_store_memory:
             kwargs["object_store_memory"] = object_store_memory
         if temp_dir:
             kwargs["_temp_dir"] = os.path.abspath(temp_dir)
         # address="local" always starts a new Ray, never silently joins one
         # that happens to run on this machine.
-        ray.init(address="local", **kwargs)
-        return _describe(ray, started_here=True)
-    ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
-    return _describe(ray, started_here=False)
+        context = ray.init(address="local", **kwargs)
+        return _describe(ray, context, started_here=True)
+    context = ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    return _describe(ray, context, started_here=False)
 
 
-def _describe(ray: Any, *, started_here: bool, connected_here: bool = True) -> ClusterInfo:
-    context = ray.get_runtime_context()
-    gcs = getattr(context, "gcs_address", None) or "local"
-    dashboard = None
-    try:
-        url = ray.worker.get_dashboard_url()
-        if url:
-            dashboard = url if url.startswith("http") else f"http://{url}"
-    except Exception:  # the dashboard is optional (ray[default] may be absent)
-        dashboard = None
+def _describe(
+    ray: Any, context: Any = None, *, started_here: bool, connected_here: bool = True
+) -> ClusterInfo:
+    gcs = getattr(ray.get_runtime_context(), "gcs_address", None) or "local"
+    url = getattr(context, "dashboard_url", None) if context is not None else None
+    dashboard = (url if url.startswith("http") else f"http://{url}") if url else None
+    nodes = tuple(
+        NodeResources(
+            address=str(node.get("NodeManagerAddress", "")),
+            cpus=float(node.get("Resources", {}).get("CPU", 0.0)),
+            gpus=float(node.get("Resources", {}).get("GPU", 0.0)),
+        )
+        for node in ray.nodes()
+        if node.get("Alive")
+    )
     return ClusterInfo(
         address=gcs,
         dashboard_url=dashboard,
         resources={k: float(v) for k, v in ray.cluster_resources().items()},
+        nodes=nodes,
         started_here=started_here,
         connected_here=connected_here,
     )
@@ -141,19 +178,26 @@ def shutdown(info: ClusterInfo) -> None:
 
 
 def check_trial_fits(info: ClusterInfo, cpus_per_trial: float, gpus_per_trial: float) -> None:
-    """Fails at once when no node could ever hold one trial, instead of hanging.
+    """Fails at once when no single node could ever hold one trial, instead of hanging.
+
+    Ray Tune only warns and waits when a trial's resources fit no node; a
+    search that can never start should say so. Nodes an autoscaler could add
+    later are not known here.
 
     Raises:
-        ValueError: naming the resource asked for and what the cluster has.
+        ValueError: naming the resource asked for and the largest node.
     """
-    have_cpus = info.resources.get("CPU", 0.0)
-    have_gpus = info.resources.get("GPU", 0.0)
-    if cpus_per_trial > have_cpus:
+    if any(n.cpus >= cpus_per_trial and n.gpus >= gpus_per_trial for n in info.nodes):
+        return
+    largest_cpus = max((n.cpus for n in info.nodes), default=0.0)
+    largest_gpus = max((n.gpus for n in info.nodes), default=0.0)
+    if not any(n.gpus >= gpus_per_trial for n in info.nodes):
         raise ValueError(
-            f"cpus_per_trial={cpus_per_trial}: the cluster has {have_cpus:g} CPUs in all"
+            f"gpus_per_trial={gpus_per_trial:g}: no node has that many GPUs (the largest has "
+            f"{largest_gpus:g}); set gpus_per_trial=0 to train on CPUs or connect to a "
+            "cluster with GPU nodes"
         )
-    if gpus_per_trial > have_gpus:
-        raise ValueError(
-            f"gpus_per_trial={gpus_per_trial}: the cluster has {have_gpus:g} GPUs; set "
-            "gpus_per_trial=0 to train on CPUs or connect to a cluster with GPU nodes"
-        )
+    raise ValueError(
+        f"cpus_per_trial={cpus_per_trial:g} with gpus_per_trial={gpus_per_trial:g}: no node "
+        f"has both (the largest has {largest_cpus:g} CPUs, {largest_gpus:g} GPUs)"
+    )

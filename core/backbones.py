@@ -139,7 +139,9 @@ def weights_identity(weights: str, seed: int) -> str:
     if weights == "imagenet":
         return "imagenet"
     if weights == "none":
-        return f"none-seed{seed}"
+        # Random init depends on Keras' initializers, which may change between
+        # releases: features cached under another version must not be reused.
+        return f"none-seed{seed}-keras{_keras_version()}"
     path = Path(weights)
     if not path.is_file():
         raise BackboneError(
@@ -151,6 +153,15 @@ def weights_identity(weights: str, seed: int) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return f"file-{digest.hexdigest()[:16]}"
+
+
+def _keras_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("keras")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def build_backbone(name: str, weights: str, image_size: int, seed: int = 0) -> keras.Model:

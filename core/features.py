@@ -44,8 +44,8 @@ IMAGES_CUT = "images"
 """Pseudo-cut for the decoded, resized uint8 images themselves (used by augmented trials)."""
 
 
-class FeatureCacheError(RuntimeError):
-    """A cache entry is unreadable or does not match its key."""
+class FeatureCacheError(ValueError):
+    """A cache entry is unreadable or does not match its key (the message names it)."""
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,11 @@ class FeatureCache:
         labels: dict[str, np.ndarray] = {}
         for split in meta["splits"]:
             try:
-                features[split] = np.load(directory / f"{split}_features.npy", allow_pickle=False)
+                # Memory-mapped: the driver hands the arrays to Ray's object
+                # store without holding a second full copy of them.
+                features[split] = np.load(
+                    directory / f"{split}_features.npy", mmap_mode="r", allow_pickle=False
+                )
                 labels[split] = np.load(directory / f"{split}_labels.npy", allow_pickle=False)
             except (OSError, ValueError) as error:
                 raise FeatureCacheError(
@@ -225,6 +229,11 @@ class FeatureCache:
                 "seconds": round(seconds, 3),
             }
             (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+            if final.is_dir() and not self.has(key):
+                # A folder without meta.json is not an entry (nothing renames
+                # one into place unfinished); it is debris, e.g. removed by hand.
+                logger.warning("replacing incomplete cache entry %s", final)
+                shutil.rmtree(final, ignore_errors=True)
             try:
                 os.rename(staging, final)
             except OSError:
@@ -414,6 +423,6 @@ def extract_features(
                         outputs[cut].append(keras.ops.convert_to_numpy(value))
                 bar.update(min(batch_size, len(array) - start))
             for cut in cuts:
-                result[cut][split] = np.concatenate(outputs[cut]).astype("float32")
+                result[cut][split] = np.concatenate(outputs[cut]).astype("float32", copy=False)
     keras.backend.clear_session()
     return result

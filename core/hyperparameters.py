@@ -151,6 +151,10 @@ class TrainingSetup:
         head_epochs: Epochs of phase 1 when phase 2 follows; a head-only
             trial trains the head for all ``epochs``.
         seed: Seed of the backbone's random init and of training.
+        planned_epochs: The epochs the phase schedule was planned for (the
+            search's ``max_epochs``); None means ``epochs``. Final training of
+            a trial ASHA stopped early trains fewer ``epochs`` but must switch
+            phase exactly where the trial did.
     """
 
     backbone: str
@@ -159,9 +163,21 @@ class TrainingSetup:
     epochs: int
     head_epochs: int
     seed: int = 0
+    planned_epochs: int | None = None
+
+    @property
+    def phase_one_epochs(self) -> int:
+        """Epochs of phase 1 for a trial that fine-tunes (at least 1, and at
+        least one phase-2 epoch is left when the plan has two or more)."""
+        planned = self.planned_epochs or self.epochs
+        return max(1, min(self.head_epochs, planned - 1))
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise HyperparameterError(f"epochs={self.epochs}: must be >= 1")
         if self.head_epochs < 1:
             raise HyperparameterError(f"head_epochs={self.head_epochs}: must be >= 1")
+        if self.planned_epochs is not None and self.planned_epochs < self.epochs:
+            raise HyperparameterError(
+                f"planned_epochs={self.planned_epochs}: must be >= epochs ({self.epochs})"
+            )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import keras
@@ -11,7 +12,9 @@ from core.backbones import get_backbone
 # The recipe's ImageDataGenerator settings, reached at augmentation strength 1.
 RECIPE_ROTATION_DEGREES = 40.0
 RECIPE_SHIFT = 0.2
-RECIPE_SHEAR = 0.2
+# ImageDataGenerator's shear_range is an angle in degrees: the recipe's 0.2
+# is a very light shear (RandomShear takes the shear coefficient, tan(angle)).
+RECIPE_SHEAR_DEGREES = 0.2
 RECIPE_ZOOM = 0.2
 
 
@@ -42,8 +45,8 @@ def build_augmentation(strength: float, seed: int | None = None) -> keras.Sequen
 
     Args:
         strength: 0 (none) to 1 (the recipe: rotation 40 degrees, width/height
-            shift 0.2, shear 0.2, zoom 0.2, horizontal flip). Ranges scale
-            linearly; the flip is on for any strength above 0.
+            shift 0.2, shear 0.2 degrees, zoom 0.2, horizontal flip). Ranges
+            scale linearly; the flip is on for any strength above 0.
         seed: Seed of the random transforms.
 
     Returns:
@@ -55,18 +58,24 @@ def build_augmentation(strength: float, seed: int | None = None) -> keras.Sequen
         return None
     rotation = RECIPE_ROTATION_DEGREES * strength / 360.0
     shift = RECIPE_SHIFT * strength
+    shear = math.tan(math.radians(RECIPE_SHEAR_DEGREES * strength))
+
+    def layer_seed(offset: int) -> int | None:
+        # Each layer its own seed: equal seeds would make every transform
+        # draw the same random numbers, in lockstep.
+        return None if seed is None else seed + offset
+
     return keras.Sequential(
         [
-            keras.layers.RandomRotation(rotation, fill_mode="nearest", seed=seed),
-            keras.layers.RandomTranslation(shift, shift, fill_mode="nearest", seed=seed),
+            keras.layers.RandomRotation(rotation, fill_mode="nearest", seed=layer_seed(0)),
+            keras.layers.RandomTranslation(shift, shift, fill_mode="nearest", seed=layer_seed(1)),
             keras.layers.RandomShear(
-                x_factor=RECIPE_SHEAR * strength,
-                y_factor=RECIPE_SHEAR * strength,
-                fill_mode="nearest",
-                seed=seed,
+                x_factor=shear, y_factor=0.0, fill_mode="nearest", seed=layer_seed(2)
             ),
-            keras.layers.RandomZoom(RECIPE_ZOOM * strength, fill_mode="nearest", seed=seed),
-            keras.layers.RandomFlip("horizontal", seed=seed),
+            keras.layers.RandomZoom(
+                RECIPE_ZOOM * strength, fill_mode="nearest", seed=layer_seed(3)
+            ),
+            keras.layers.RandomFlip("horizontal", seed=layer_seed(4)),
         ],
         name="augmentation",
     )

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,31 +28,46 @@ from core.model import build_finetune_models, build_head, build_inference_model,
 logger = logging.getLogger(__name__)
 
 
-class ArrayBatches(keras.utils.PyDataset):
+def array_batches(
+    x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool, seed: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Mini-batches sliced from (possibly read-only, shared) arrays.
 
     Slicing per batch avoids copying a whole shared feature array into every
     trial, which ``model.fit(array)`` would do.
     """
+    order = np.random.default_rng(seed).permutation(len(x)) if shuffle else np.arange(len(x))
+    for start in range(0, len(x), batch_size):
+        rows = np.sort(order[start : start + batch_size])
+        yield np.asarray(x[rows], dtype="float32"), y[rows]
 
-    def __init__(
-        self, x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool, seed: int
-    ) -> None:
-        super().__init__()
-        self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
-        self._rng = np.random.default_rng(seed)
-        self._order = self._rng.permutation(len(x)) if shuffle else np.arange(len(x))
 
-    def __len__(self) -> int:
-        return math.ceil(len(self.x) / self.batch_size)
+def run_batches(
+    model: keras.Model, batches: Iterator[tuple[np.ndarray, np.ndarray]], *, train: bool
+) -> dict[str, float]:
+    """One pass of ``train_on_batch`` (or ``test_on_batch``) over ``batches``.
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        rows = np.sort(self._order[index * self.batch_size : (index + 1) * self.batch_size])
-        return np.asarray(self.x[rows], dtype="float32"), self.y[rows]
+    A plain loop instead of ``fit``/``evaluate``: those feed batches through a
+    tf.data pipeline whose autotuning thread was seen to hold the end of each
+    epoch for up to seconds on a loaded machine, and trials run many short
+    epochs.
 
-    def on_epoch_end(self) -> None:
-        if self.shuffle:
-            self._order = self._rng.permutation(len(self.x))
+    Returns:
+        The epoch's loss and accuracy, averaged over samples. (Keras resets its
+        metrics at every ``*_on_batch`` call, so each call reports one batch.)
+    """
+    totals: dict[str, float] = {}
+    count = 0
+    step = model.train_on_batch if train else model.test_on_batch
+    for x_batch, y_batch in batches:
+        logs = step(x_batch, y_batch, return_dict=True)
+        size = len(x_batch)
+        for name, value in logs.items():
+            totals[name] = totals.get(name, 0.0) + float(value) * size
+        count += size
+    if count == 0:
+        raise ValueError("no batches: the split is empty")
+    return {name: total / count for name, total in totals.items()}
 
 
 class RecipeTrainer:
@@ -108,8 +123,7 @@ class RecipeTrainer:
         """1 (head on cached top features) or 2 (fine-tuning) for a 0-based epoch."""
         if not self.fine_tunes:
             return 1
-        head_epochs = min(self.setup.head_epochs, self.setup.epochs - 1)
-        return 1 if epoch < max(head_epochs, 1) else 2
+        return 1 if epoch < self.setup.phase_one_epochs else 2
 
     @property
     def done(self) -> bool:
@@ -176,39 +190,43 @@ class RecipeTrainer:
                 train_x = self.bundle.images["train"]
             else:
                 train_x = self.bundle.features(self.cut, "train")
-        fit = train_model.fit(
-            ArrayBatches(train_x, self._labels["train"], batch, shuffle=True, seed=seed),
-            epochs=1,
-            verbose=0,
+        fit = run_batches(
+            train_model,
+            array_batches(train_x, self._labels["train"], batch, shuffle=True, seed=seed),
+            train=True,
         )
-        val_loss, val_accuracy = eval_model.evaluate(
-            ArrayBatches(val_x, self._labels["validation"], batch, shuffle=False, seed=0),
-            verbose=0,
+        evaluation = run_batches(
+            eval_model,
+            array_batches(val_x, self._labels["validation"], batch, shuffle=False, seed=0),
+            train=False,
         )
         self.epoch += 1
         metrics = {
             "epoch": self.epoch,
             "phase": phase,
-            "loss": float(fit.history["loss"][-1]),
-            "accuracy": float(fit.history["accuracy"][-1]),
-            "val_loss": float(val_loss),
-            "val_accuracy": float(val_accuracy),
+            "loss": fit["loss"],
+            "accuracy": fit["accuracy"],
+            "val_loss": evaluation["loss"],
+            "val_accuracy": evaluation["accuracy"],
             "epoch_seconds": time.perf_counter() - started,
         }
         self.history.append(metrics)
         return metrics
 
     def save(self, directory: str | Path) -> None:
-        """Writes the trainer's state (weights and progress) to ``directory``."""
+        """Writes the trainer's state (weights, optimizer state, progress) to ``directory``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.head.save_weights(directory / "head.weights.h5")
-        if self.feature_model is not None:
-            self.feature_model.save_weights(directory / "finetune.weights.h5")
+        if self.train_model is not None:
+            # The training model holds the phase-2 optimizer (SGD); with
+            # augmentation it is a different model from the feature model but
+            # shares every trained layer with it.
+            self.train_model.save_weights(directory / "finetune.weights.h5")
         state = {
             "epoch": self.epoch,
             "history": self.history,
-            "finetune": self.feature_model is not None,
+            "finetune": self.train_model is not None,
         }
         (directory / "state.json").write_text(json.dumps(state, indent=2))
 
@@ -219,16 +237,16 @@ class RecipeTrainer:
         """
         directory = Path(directory)
         state = json.loads((directory / "state.json").read_text())
+        self.epoch = int(state["epoch"])
+        self.history = list(state["history"])
         # Optimizer variables are created lazily; build them so that the saved
         # moments have somewhere to go.
         self.head.optimizer.build(self.head.trainable_variables)
         self.head.load_weights(directory / "head.weights.h5")
         if state["finetune"]:
-            train_model, feature_model = self._ensure_finetune()
+            train_model, _ = self._ensure_finetune()
             train_model.optimizer.build(train_model.trainable_variables)
-            feature_model.load_weights(directory / "finetune.weights.h5")
-        self.epoch = int(state["epoch"])
-        self.history = list(state["history"])
+            train_model.load_weights(directory / "finetune.weights.h5")
 
     def inference_model(self) -> keras.Model:
         """The full model (preprocessing, backbone, head) on RGB images in [0, 255]."""

@@ -47,6 +47,7 @@ def local_ray(ray_temp_dir: Path) -> Iterator[None]:
     import ray
 
     ray.init(
+        address="local",  # a new Ray, never one another test started with `ray start`
         num_cpus=2,
         num_gpus=2,
         include_dashboard=False,

@@ -56,7 +56,8 @@ class SearchConfig:
         batch_size: Extraction batch size (training batch size is a hyperparameter).
         include_dashboard: Start the Ray dashboard with a local cluster.
         dashboard_host: Interface the dashboard listens on.
-        dashboard_port: Port of the dashboard.
+        dashboard_port: Port of the dashboard (0: Ray's default, 8265, or the next
+            free port).
         object_store_memory: Bytes for a local Ray object store (0: Ray's default).
         max_failures: Times a failed trial is retried from its last checkpoint.
     """
@@ -81,7 +82,7 @@ class SearchConfig:
     batch_size: int = 32
     include_dashboard: bool = True
     dashboard_host: str = "127.0.0.1"
-    dashboard_port: int = 8265
+    dashboard_port: int = 0
     object_store_memory: int = 0
     max_failures: int = 0
 
@@ -154,7 +155,10 @@ class SearchConfig:
             self.max_failures >= -1, "max_failures", self.max_failures, ">= 0 (or -1 for unlimited)"
         )
         _require(
-            1 <= self.dashboard_port <= 65535, "dashboard_port", self.dashboard_port, "a TCP port"
+            0 <= self.dashboard_port <= 65535,
+            "dashboard_port",
+            self.dashboard_port,
+            "a TCP port (0: Ray's default, 8265 or the next free one)",
         )
         if self.weights not in ("imagenet", "none") and not self.weights:
             raise ConfigError(

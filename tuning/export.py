@@ -28,12 +28,17 @@ class BestConfig:
         hyperparameters: All hyperparameters (searched and defaults).
         backbone, weights, image_size, seed: The search's model settings.
         epochs: Epochs the best trial trained (its last report).
+        max_epochs: Epochs the search planned per trial; the phase switch
+            depends on it, so final training switches where the trial did.
         head_epochs: Phase-1 epochs when fine-tuning.
         validation_fraction: Split used for folder-layout data.
         dataset_fingerprint: The data the search ran on.
         class_names: Class names of that data.
         metric, value: The metric and the best trial's value.
         trial_id: The best trial.
+        weights_identity: What the weights were (a file's content hash), so
+            final training can refuse different weights.
+        cache_dir: The search's feature cache.
     """
 
     hyperparameters: Hyperparameters
@@ -42,6 +47,7 @@ class BestConfig:
     image_size: int
     seed: int
     epochs: int
+    max_epochs: int
     head_epochs: int
     validation_fraction: float
     dataset_fingerprint: str
@@ -49,6 +55,8 @@ class BestConfig:
     metric: str
     value: float
     trial_id: str
+    weights_identity: str
+    cache_dir: str
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +67,7 @@ class BestConfig:
             "image_size": self.image_size,
             "seed": self.seed,
             "epochs": self.epochs,
+            "max_epochs": self.max_epochs,
             "head_epochs": self.head_epochs,
             "validation_fraction": self.validation_fraction,
             "dataset_fingerprint": self.dataset_fingerprint,
@@ -66,6 +75,8 @@ class BestConfig:
             "metric": self.metric,
             "value": self.value,
             "trial_id": self.trial_id,
+            "weights_identity": self.weights_identity,
+            "cache_dir": self.cache_dir,
         }
 
     @classmethod
@@ -77,6 +88,7 @@ class BestConfig:
             "image_size": int,
             "seed": int,
             "epochs": int,
+            "max_epochs": int,
             "head_epochs": int,
             "validation_fraction": float,
             "dataset_fingerprint": str,
@@ -84,6 +96,8 @@ class BestConfig:
             "metric": str,
             "value": float,
             "trial_id": str,
+            "weights_identity": str,
+            "cache_dir": str,
         }
         missing = [key for key in required if key not in data]
         if missing:
@@ -107,6 +121,7 @@ class BestConfig:
             image_size=data["image_size"],
             seed=data["seed"],
             epochs=data["epochs"],
+            max_epochs=data["max_epochs"],
             head_epochs=data["head_epochs"],
             validation_fraction=float(data["validation_fraction"]),
             dataset_fingerprint=data["dataset_fingerprint"],
@@ -114,6 +129,8 @@ class BestConfig:
             metric=data["metric"],
             value=float(data["value"]),
             trial_id=data["trial_id"],
+            weights_identity=data["weights_identity"],
+            cache_dir=data["cache_dir"],
         )
 
     @classmethod
@@ -156,6 +173,7 @@ def best_config(run_dir: str | os.PathLike[str]) -> BestConfig:
             "image_size": search["image_size"],
             "seed": search["seed"],
             "epochs": best["epochs"],
+            "max_epochs": search["max_epochs"],
             "head_epochs": search["head_epochs"],
             "validation_fraction": search["validation_fraction"],
             "dataset_fingerprint": results["dataset"]["fingerprint"],
@@ -163,6 +181,8 @@ def best_config(run_dir: str | os.PathLike[str]) -> BestConfig:
             "metric": results["metric"],
             "value": best["val_accuracy"],
             "trial_id": best["trial_id"],
+            "weights_identity": search["weights_identity"],
+            "cache_dir": results["cache"]["dir"],
         }
     except (KeyError, TypeError, AttributeError) as error:
         raise ExportError(

@@ -11,7 +11,7 @@ from typing import Any
 from core.backbones import get_backbone
 from core.data import scan_dataset
 from core.features import FeatureCache
-from tuning.export import BestConfig
+from tuning.export import BestConfig, ExportError
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def train_final(
     data_dir: str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
-    cache_dir: str | os.PathLike[str] = "~/.cache/bottletune",
+    cache_dir: str | os.PathLike[str] | None = None,
     force: bool = False,
     threads: int | None = None,
     progress: bool = True,
@@ -39,7 +39,7 @@ def train_final(
         data_dir: The dataset (normally the one searched on).
         out: Output directory for ``model.keras``, ``model_info.json`` and
             ``metrics.json``.
-        cache_dir: The feature cache.
+        cache_dir: The feature cache (default: the search's).
         force: Overwrite an existing model in ``out``.
         threads: TensorFlow threads (default: all cores).
         progress: Show the feature-extraction progress bar.
@@ -59,6 +59,14 @@ def train_final(
     model_path = out / MODEL_FILE
     if model_path.exists() and not force:
         raise FileExistsError(f"{model_path} exists; pass --force to overwrite it")
+    from core.backbones import weights_identity
+
+    identity = weights_identity(config.weights, config.seed)
+    if identity != config.weights_identity:
+        raise ExportError(
+            f"{config_path}: weights={config.weights!r} are not the weights the search used "
+            f"(identity {identity}, searched with {config.weights_identity})"
+        )
     configure_tensorflow(threads)
     index = scan_dataset(data_dir, config.validation_fraction, config.seed)
     if index.fingerprint != config.dataset_fingerprint:
@@ -74,7 +82,7 @@ def train_final(
     cuts = [spec.top_cut]
     if hparams.unfreeze_blocks > 0:
         cuts.append(spec.cut_for(hparams.unfreeze_blocks))
-    cache = FeatureCache(Path(os.path.expanduser(str(cache_dir))))
+    cache = FeatureCache(Path(os.path.expanduser(str(cache_dir or config.cache_dir))))
     bundle = cache.ensure(
         index,
         backbone=config.backbone,
@@ -92,6 +100,7 @@ def train_final(
         epochs=config.epochs,
         head_epochs=config.head_epochs,
         seed=config.seed,
+        planned_epochs=config.max_epochs,
     )
     trainer = RecipeTrainer(hparams, setup, bundle)
     while not trainer.done:

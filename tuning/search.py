@@ -119,13 +119,17 @@ def run_search(
     Returns:
         The best trial, every trial's summary and the cache's hits and misses.
     """
+    from cluster import check_trial_fits, connect, prefer_loopback, share_with_trials, shutdown
+
+    if address is None:
+        prefer_loopback()  # before ray is imported
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from cluster import check_trial_fits, connect, share_with_trials, shutdown
-
     run_dir = Path(run_dir).absolute()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SearchError(f"run directory {run_dir} is a file; choose a new directory")
     if run_dir.exists() and any(run_dir.iterdir()):
         raise SearchError(f"run directory {run_dir} is not empty; choose a new one")
     space = load_space(config.space)
@@ -152,7 +156,7 @@ def run_search(
         num_gpus=num_gpus,
         include_dashboard=config.include_dashboard,
         dashboard_host=config.dashboard_host,
-        dashboard_port=config.dashboard_port,
+        dashboard_port=config.dashboard_port or None,
         object_store_memory=config.object_store_memory or None,
         temp_dir=ray_temp_dir,
     )
@@ -173,6 +177,7 @@ def run_search(
             share_with_trials(recipe_trainable, bundle=bundle, context=context),
             {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial},
         )
+        del bundle  # the object store holds it now; the driver needs no copy
         searcher = OptunaSearch(
             space=to_optuna(space),
             metric=METRIC,
@@ -239,7 +244,7 @@ def run_search(
         },
         "search": {
             "backbone": config.backbone,
-            "weights": config.weights,
+            "weights": _absolute_weights(config.weights),
             "weights_identity": weights_identity(config.weights, config.seed),
             "image_size": config.image_size,
             "seed": config.seed,
@@ -248,6 +253,7 @@ def run_search(
             "validation_fraction": config.validation_fraction,
         },
         "cache": {"dir": str(config.cache_path), "hits": stats.hits, "misses": stats.misses},
+        "cluster": {"address": info.address, "nodes": [n.address for n in info.nodes]},
         "best_trial_id": best["trial_id"],
         "trials": trials,
     }
@@ -255,6 +261,11 @@ def run_search(
     return SearchResult(
         run_dir=run_dir, best=best, trials=trials, cache=stats, dashboard_url=dashboard_url
     )
+
+
+def _absolute_weights(weights: str) -> str:
+    """A weights file as an absolute path, so an exported config works from anywhere."""
+    return weights if weights in ("imagenet", "none") else str(Path(weights).absolute())
 
 
 def trial_name(trial: Any) -> str:

@@ -55,6 +55,8 @@ def test_tune_export_train_evaluate_predict(
     shapes_data: Path, tmp_path: Path, ray_temp_dir: Path
 ) -> None:
     env = dict(os.environ, RAY_TMPDIR=str(ray_temp_dir), PYTHONPATH=str(REPO))
+    # bottletune itself must keep its local Ray on loopback, without the tests' help.
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
     run_dir = tmp_path / "run"
     settings = overrides(
         image_size=32, num_samples=3, max_epochs=2, head_epochs=1, grace_period=1,
@@ -65,6 +67,8 @@ def test_tune_export_train_evaluate_predict(
         "--num-cpus", "2", "--quiet", *settings, env=env, cwd=tmp_path,
     )  # fmt: skip
     assert "best trial" in tuned.stdout
+    cluster = json.loads((run_dir / "results.json").read_text())["cluster"]
+    assert cluster["nodes"] == ["127.0.0.1"] and cluster["address"].startswith("127.0.0.1:")
 
     # The exported config is the best trial's, judged from Ray's own result files.
     best_json = tmp_path / "best.json"
@@ -93,19 +97,13 @@ def test_tune_export_train_evaluate_predict(
     assert refused.returncode == 2 and "--force" in refused.stderr
 
     model_dir = tmp_path / "model"
+    builds = (tmp_path / "cache" / "builds.jsonl").read_text()
     bottletune(
-        "train",
-        "--config",
-        str(best_json),
-        "--data",
-        str(shapes_data),
-        "--out",
-        str(model_dir),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        env=env,
-        cwd=tmp_path,
-    )
+        "train", "--config", str(best_json), "--data", str(shapes_data), "--out",
+        str(model_dir), env=env, cwd=tmp_path,
+    )  # fmt: skip
+    # Final training found the search's cache by itself and computed nothing new.
+    assert (tmp_path / "cache" / "builds.jsonl").read_text() == builds
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["epochs"] == exported["epochs"]
     # The saved model (preprocessing + backbone + head, on images) agrees with

@@ -132,6 +132,9 @@ def exported_dict(**changes: Any) -> dict[str, Any]:
         "metric": "val_accuracy",
         "value": 0.9,
         "trial_id": "t_00003",
+        "max_epochs": 10,
+        "weights_identity": "imagenet",
+        "cache_dir": "/tmp/cache",
     }
     data.update(changes)
     return data
@@ -170,6 +173,9 @@ def test_best_config_carries_the_search_and_dataset_settings(run_dir: Path) -> N
     assert (config.seed, config.head_epochs, config.validation_fraction) == (7, 3, 0.25)
     assert config.dataset_fingerprint == FINGERPRINT
     assert config.class_names == tuple(CLASS_NAMES)
+    assert config.max_epochs == 6
+    assert config.weights_identity == "random-init-seed-7"
+    assert config.cache_dir == str(run_dir / "cache")
 
 
 def test_best_config_follows_best_trial_id(tmp_path: Path) -> None:

@@ -115,3 +115,22 @@ def test_input_cut_holds_preprocessed_images(shapes_data: Path, tmp_path: Path) 
     assert bundle.images is not None
     expected = vgg16.preprocess_input(bundle.images["validation"].astype("float32"))
     np.testing.assert_allclose(bundle.cuts[INPUT_CUT]["validation"], expected, rtol=1e-6)
+
+
+def test_an_entry_folder_without_meta_is_rebuilt(shapes_data: Path, tmp_path: Path) -> None:
+    cache = FeatureCache(tmp_path / "cache")
+    ensure(cache, shapes_data, cuts=["block5_pool"])
+    entry = next(cache.entries_dir.iterdir())
+    (entry / "meta.json").unlink()
+    bundle = ensure(cache, shapes_data, cuts=["block5_pool"])
+    assert (entry / "meta.json").is_file()
+    assert len(cache.builds()) == 2
+    assert bundle.cuts["block5_pool"]["train"].shape == (24, 1, 1, 512)
+
+
+def test_random_init_features_are_keyed_by_keras_version() -> None:
+    from importlib.metadata import version
+
+    from core.backbones import weights_identity
+
+    assert version("keras") in weights_identity("none", 0)

@@ -162,3 +162,46 @@ def test_depth_above_the_backbone_is_rejected(bundle: FeatureBundle) -> None:
     blocks = get_backbone("vgg16").num_blocks
     with pytest.raises(ValueError, match="unfreeze_blocks=6"):
         RecipeTrainer(Hyperparameters(unfreeze_blocks=blocks + 1), setup(), bundle)
+
+
+def test_reported_validation_metrics_cover_the_whole_split(bundle: FeatureBundle) -> None:
+    trainer = RecipeTrainer(Hyperparameters(batch_size=5), setup(epochs=1), bundle)
+    report = trainer.train_epoch()
+    features = bundle.features("block5_pool", "validation")
+    targets = bundle.labels["validation"].astype("float32").reshape(-1, 1)
+    loss, accuracy = trainer.head.evaluate(features, targets, batch_size=64, verbose=0)
+    assert report["val_loss"] == pytest.approx(loss, rel=1e-5)
+    assert report["val_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+
+
+def test_augmented_checkpoint_keeps_the_sgd_state(bundle: FeatureBundle, tmp_path: Path) -> None:
+    hparams = Hyperparameters(unfreeze_blocks=1, augmentation=0.5)
+    first = RecipeTrainer(hparams, setup(epochs=3), bundle)
+    first.train_epoch()
+    first.train_epoch()
+    first.save(tmp_path)
+    resumed = RecipeTrainer(hparams, setup(epochs=3), bundle)
+    resumed.restore(tmp_path)
+    assert first.train_model is not None and resumed.train_model is not None
+    before = first.train_model.optimizer
+    after = resumed.train_model.optimizer
+    assert int(after.iterations) == int(before.iterations) > 0
+    for saved, loaded in zip(before.variables, after.variables, strict=True):
+        np.testing.assert_allclose(np.asarray(loaded), np.asarray(saved))
+
+
+def test_phase_switch_follows_the_planned_schedule_not_the_epochs_trained() -> None:
+    """A trial ASHA stopped after 2 of 10 planned epochs was still in phase 1."""
+    stopped = TrainingSetup("vgg16", "none", 32, epochs=2, head_epochs=3, planned_epochs=10)
+    assert stopped.phase_one_epochs == 3
+    short_plan = TrainingSetup("vgg16", "none", 32, epochs=2, head_epochs=3)
+    assert short_plan.phase_one_epochs == 1
+
+
+def test_augmentation_layers_draw_independent_random_numbers() -> None:
+    from core.layers import build_augmentation
+
+    augmentation = build_augmentation(1.0, seed=7)
+    assert augmentation is not None
+    seeds = [layer.seed for layer in augmentation.layers]
+    assert len(set(seeds)) == len(seeds)

@@ -85,6 +85,14 @@ def test_search_computes_features_once_and_a_second_search_reuses_them(
     depths = {t["hyperparameters"]["unfreeze_blocks"] for t in first.trials}
     assert depths <= {0, 1, 2}
 
+    # Each trial checkpointed every epoch; the newest checkpoint is its last epoch.
+    for trial in first.trials:
+        checkpoints = sorted(Path(trial["path"]).glob("checkpoint_*"))
+        assert checkpoints, f"trial {trial['trial_id']} wrote no checkpoint"
+        state = json.loads((checkpoints[-1] / "state.json").read_text())
+        assert state["epoch"] == trial["epochs"]
+        assert (checkpoints[-1] / "head.weights.h5").is_file()
+
     results = json.loads((tmp_path / "run1" / "results.json").read_text())
     assert results["best_trial_id"] == first.best["trial_id"]
     assert (tmp_path / "run1" / "config.yaml").is_file()

@@ -254,6 +254,10 @@ def load_config(
         for key, value in data.items():
             values[key] = _coerce(str(key), value, str(file))
             sources[str(key)] = str(file)
+        space = values.get("space")
+        if isinstance(space, str) and (file.parent / space).is_file():
+            # A space file named in a config file is found next to that file.
+            values["space"] = str((file.parent / space).resolve())
     for key, value in (overrides or {}).items():
         values[key] = _coerce(key, value, "--set")
         sources[key] = "--set"

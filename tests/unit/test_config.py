@@ -276,3 +276,13 @@ def test_write_config_round_trips(tmp_path: Path, overrides: dict[str, object]) 
     assert load_config(path) == config
     written = yaml.safe_load(path.read_text())
     assert list(written) == [field.name for field in dataclasses.fields(SearchConfig)]
+
+
+def test_a_space_file_named_in_a_config_is_found_next_to_it(tmp_path: Path) -> None:
+    folder = tmp_path / "experiment"
+    folder.mkdir()
+    (folder / "narrow.yaml").write_text("dropout: {type: float, low: 0.1, high: 0.2}\n")
+    (folder / "search.yaml").write_text("space: narrow.yaml\n")
+    config = load_config(folder / "search.yaml")
+    assert config.space == str((folder / "narrow.yaml").resolve())
+    assert load_space(config.space).names() == ("dropout",)

@@ -54,7 +54,6 @@ class ClusterInfo:
         dashboard_url: Where the Ray dashboard is served, if it runs.
         resources: Total cluster resources (CPU, GPU, memory, ...).
         nodes: CPUs and GPUs of each alive node.
-        started_here: True when this call started a local Ray.
         connected_here: True when this call connected the driver (started a
             local Ray or joined a cluster); False when Ray was already
             initialized by the caller, whose connection is then left alone.
@@ -64,7 +63,6 @@ class ClusterInfo:
     dashboard_url: str | None
     resources: dict[str, float]
     nodes: tuple[NodeResources, ...]
-    started_here: bool
     connected_here: bool = True
 
 
@@ -109,7 +107,7 @@ def connect(
     import ray
 
     if ray.is_initialized():
-        return _describe(ray, started_here=False, connected_here=False)
+        return _describe(ray, connected_here=False)
     if address is None:
         if dashboard_host not in (LOOPBACK, "localhost", "::1"):
             logger.warning(
@@ -135,14 +133,12 @@ def connect(
         # address="local" always starts a new Ray, never silently joins one
         # that happens to run on this machine.
         context = ray.init(address="local", **kwargs)
-        return _describe(ray, context, started_here=True)
+        return _describe(ray, context)
     context = ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
-    return _describe(ray, context, started_here=False)
+    return _describe(ray, context)
 
 
-def _describe(
-    ray: Any, context: Any = None, *, started_here: bool, connected_here: bool = True
-) -> ClusterInfo:
+def _describe(ray: Any, context: Any = None, *, connected_here: bool = True) -> ClusterInfo:
     gcs = getattr(ray.get_runtime_context(), "gcs_address", None) or "local"
     url = getattr(context, "dashboard_url", None) if context is not None else None
     dashboard = (url if url.startswith("http") else f"http://{url}") if url else None
@@ -160,7 +156,6 @@ def _describe(
         dashboard_url=dashboard,
         resources={k: float(v) for k, v in ray.cluster_resources().items()},
         nodes=nodes,
-        started_here=started_here,
         connected_here=connected_here,
     )
 

@@ -11,10 +11,11 @@ built.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,6 +76,15 @@ class BackboneSpec:
             )
         index = self.num_blocks - unfreeze_blocks
         return INPUT_CUT if index == 0 else self.block_ends[index - 1]
+
+    def cuts_for(self, depths: Iterable[int]) -> list[str]:
+        """The cuts trials with these ``unfreeze_blocks`` values need, without repeats.
+
+        The top block's output always (every head trains on it in phase 1),
+        plus the cut below the unfrozen blocks for each depth above 0.
+        """
+        cuts = [self.top_cut] + [self.cut_for(k) for k in depths if k > 0]
+        return list(dict.fromkeys(cuts))
 
     @property
     def top_cut(self) -> str:
@@ -148,11 +158,20 @@ def weights_identity(weights: str, seed: int) -> str:
             f"weights={weights!r}: expected 'imagenet', 'none' or the path of an existing "
             "weights file"
         )
+    stat = path.stat()
+    return f"file-{_file_digest(path.resolve(), stat.st_size, stat.st_mtime_ns)[:16]}"
+
+
+@functools.lru_cache(maxsize=16)
+def _file_digest(path: Path, size: int, mtime_ns: int) -> str:
+    # Keyed on size and mtime as well, so a rewritten file is hashed again;
+    # a search asks for the identity of one (large) weights file several times.
+    del size, mtime_ns
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
-    return f"file-{digest.hexdigest()[:16]}"
+    return digest.hexdigest()
 
 
 def _keras_version() -> str:

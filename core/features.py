@@ -289,7 +289,7 @@ class FeatureCache:
             batch_size: Images per forward pass.
             progress: Show a progress bar while computing.
         """
-        spec = get_backbone(backbone)
+        get_backbone(backbone)  # an unknown name fails here, before any work
         weights_id = weights_identity(weights, seed)
         wanted = list(dict.fromkeys(cuts))
         keys = {
@@ -303,7 +303,7 @@ class FeatureCache:
             (self.stats.misses if cut in missing else self.stats.hits).append(key.name)
         if missing:
             self._build(
-                index, spec.name, weights, image_size, seed, keys, missing, batch_size, progress
+                index, backbone, weights, image_size, seed, keys, missing, batch_size, progress
             )
         bundle = FeatureBundle(
             backbone=backbone, image_size=image_size, class_names=index.class_names, labels={}

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from core.data import DataError, load_image, load_images, scan_dataset
+from core.data import DataError, DatasetIndex, load_image, load_images, scan_dataset
 
 INFO_FILE = "model_info.json"
 
@@ -97,20 +97,28 @@ def evaluate(
     """
     model, info = load_model(model_path)
     index = scan_dataset(data_dir, info.validation_fraction, info.seed)
+    chosen = split or ("test" if "test" in index.splits else "validation")
+    return split_accuracy(model, info, index, chosen)
+
+
+def split_accuracy(model: Any, info: ModelInfo, index: DatasetIndex, split: str) -> dict[str, Any]:
+    """Accuracy of a loaded model on one split of a scanned dataset.
+
+    Returns:
+        split, accuracy, count (images evaluated) and skipped (unreadable).
+    """
     if index.class_names != info.class_names:
         raise DataError(
-            f"{data_dir}: classes {list(index.class_names)} differ from the model's "
+            f"{index.root}: classes {list(index.class_names)} differ from the model's "
             f"{list(info.class_names)}"
         )
-    chosen = split or ("test" if "test" in index.splits else "validation")
-    if chosen not in index.splits:
-        raise DataError(f"{data_dir}: no {chosen!r} split (has {', '.join(index.splits)})")
-    loaded = load_images(index.splits[chosen], info.image_size)
+    if split not in index.splits:
+        raise DataError(f"{index.root}: no {split!r} split (has {', '.join(index.splits)})")
+    loaded = load_images(index.splits[split], info.image_size)
     predicted = probabilities(model, loaded.images).argmax(axis=1)
-    accuracy = float(np.mean(predicted == loaded.labels))
     return {
-        "split": chosen,
-        "accuracy": accuracy,
+        "split": split,
+        "accuracy": float(np.mean(predicted == loaded.labels)),
         "count": len(loaded.labels),
         "skipped": len(loaded.skipped),
     }

@@ -6,7 +6,7 @@ from typing import Any
 
 import keras
 
-from core.backbones import apply_layers, split_layers
+from core.backbones import INPUT_CUT, apply_layers, split_layers
 from core.hyperparameters import Hyperparameters
 from core.layers import BackbonePreprocess, build_augmentation
 
@@ -110,9 +110,8 @@ def build_inference_model(
     backbone_model: keras.Model, backbone: str, head: keras.Model
 ) -> keras.Model:
     """The exported model: RGB images in [0, 255] -> class probabilities."""
-    prefix, suffix = split_layers(backbone_model, "input")
-    del prefix
+    _, every_layer = split_layers(backbone_model, INPUT_CUT)
     image_input = keras.Input(shape=backbone_model.input_shape[1:], name="image")
     x = BackbonePreprocess(backbone, name="preprocess")(image_input)
-    outputs = head(apply_layers(suffix, x))
+    outputs = head(apply_layers(every_layer, x))
     return keras.Model(image_input, outputs, name=f"bottletune_{backbone}")

@@ -160,7 +160,7 @@ class SearchConfig:
             self.dashboard_port,
             "a TCP port (0: Ray's default, 8265 or the next free one)",
         )
-        if self.weights not in ("imagenet", "none") and not self.weights:
+        if not self.weights:
             raise ConfigError(
                 "weights='': expected imagenet, none or a weights file path", "weights"
             )

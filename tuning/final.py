@@ -8,9 +8,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from core.backbones import get_backbone
+from core.backbones import get_backbone, weights_identity
 from core.data import scan_dataset
 from core.features import FeatureCache
+from core.hyperparameters import Hyperparameters, TrainingSetup
 from tuning.export import BestConfig, ExportError
 
 logger = logging.getLogger(__name__)
@@ -49,8 +50,7 @@ def train_final(
         training, validation and (when the data has one) test accuracy of the
         saved model, and the per-epoch history.
     """
-    from core.hyperparameters import Hyperparameters, TrainingSetup
-    from core.inference import INFO_FILE, ModelInfo, evaluate
+    from core.inference import INFO_FILE, ModelInfo, load_model, split_accuracy
     from core.runtime import configure_tensorflow
     from core.training import RecipeTrainer
 
@@ -59,8 +59,6 @@ def train_final(
     model_path = out / MODEL_FILE
     if model_path.exists() and not force:
         raise FileExistsError(f"{model_path} exists; pass --force to overwrite it")
-    from core.backbones import weights_identity
-
     identity = weights_identity(config.weights, config.seed)
     if identity != config.weights_identity:
         raise ExportError(
@@ -78,10 +76,7 @@ def train_final(
             config.dataset_fingerprint[:12],
         )
     hparams: Hyperparameters = config.hyperparameters
-    spec = get_backbone(config.backbone)
-    cuts = [spec.top_cut]
-    if hparams.unfreeze_blocks > 0:
-        cuts.append(spec.cut_for(hparams.unfreeze_blocks))
+    cuts = get_backbone(config.backbone).cuts_for([hparams.unfreeze_blocks])
     cache = FeatureCache(Path(os.path.expanduser(str(cache_dir or config.cache_dir))))
     bundle = cache.ensure(
         index,
@@ -115,14 +110,20 @@ def train_final(
         seed=config.seed,
     )
     (out / INFO_FILE).write_text(json.dumps(info.to_dict(), indent=2) + "\n")
+    # Measured on the model as saved and loaded back, not the one in memory.
+    saved_model, saved_info = load_model(model_path)
     metrics: dict[str, Any] = {
         "trained_validation_accuracy": trainer.history[-1]["val_accuracy"],
-        "validation_accuracy": evaluate(model_path, data_dir, "validation")["accuracy"],
+        "validation_accuracy": split_accuracy(saved_model, saved_info, index, "validation")[
+            "accuracy"
+        ],
         "search_value": config.value,
         "epochs": trainer.epoch,
         "history": trainer.history,
     }
     if "test" in index.splits:
-        metrics["test_accuracy"] = evaluate(model_path, data_dir, "test")["accuracy"]
+        metrics["test_accuracy"] = split_accuracy(saved_model, saved_info, index, "test")[
+            "accuracy"
+        ]
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics

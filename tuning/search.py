@@ -60,11 +60,9 @@ def needed_cuts(space: SearchSpace, backbone: str) -> tuple[list[str], bool]:
         possible ``unfreeze_blocks`` value; images only when a fine-tuning
         trial can augment.
     """
-    spec = get_backbone(backbone)
     depths = space.unfreeze_block_values()
-    cuts = [spec.top_cut] + [spec.cut_for(k) for k in depths if k > 0]
     include_images = space.may_augment() and any(k > 0 for k in depths)
-    return list(dict.fromkeys(cuts)), include_images
+    return get_backbone(backbone).cuts_for(depths), include_images
 
 
 def prepare_features(
@@ -135,7 +133,7 @@ def run_search(
     space = load_space(config.space)
     spec = get_backbone(config.backbone)
     space.validate_for_backbone(spec.num_blocks, spec.name)
-    make_sampler(config.sampler, config.seed)  # fail on a missing sampler dependency now
+    sampler = make_sampler(config.sampler, config.seed)  # fails now on a missing dependency
     if max(space.unfreeze_block_values()) > 0 and config.grace_period <= config.head_epochs:
         logger.warning(
             "ASHA's first rung (grace_period=%d) comes before fine-tuning starts "
@@ -182,7 +180,7 @@ def run_search(
             space=to_optuna(space),
             metric=METRIC,
             mode=MODE,
-            sampler=make_sampler(config.sampler, config.seed),
+            sampler=sampler,
             storage=_journal_storage(run_dir / STUDY_FILE),
             study_name="bottletune",
         )

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.features import FeatureBundle
-from core.hyperparameters import TrainingSetup
+from core.hyperparameters import Hyperparameters, TrainingSetup
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,6 @@ def recipe_trainable(
     """
     from ray import tune
 
-    from core.hyperparameters import Hyperparameters
     from core.runtime import configure_tensorflow
     from core.training import RecipeTrainer
 

@@ -82,6 +82,20 @@ def test_local_weights_file_is_loaded(tmp_path: Path) -> None:
     assert weights_identity(str(path), 0) == weights_identity(str(path), 99)
 
 
+def test_a_rewritten_weights_file_gets_a_new_identity(tmp_path: Path) -> None:
+    path = tmp_path / "vgg16_notop.weights.h5"
+    build_backbone("vgg16", "none", SIZE, seed=1).save_weights(path)
+    before = weights_identity(str(path), 0)
+    build_backbone("vgg16", "none", SIZE, seed=2).save_weights(path)
+    assert weights_identity(str(path), 0) != before
+
+
+def test_cuts_for_lists_the_top_cut_then_one_per_depth_without_repeats() -> None:
+    spec = get_backbone("vgg16")
+    assert spec.cuts_for([0, 1, 2, 1]) == ["block5_pool", "block4_pool", "block3_pool"]
+    assert spec.cuts_for([0]) == ["block5_pool"]
+
+
 def test_missing_weights_file_is_named() -> None:
     with pytest.raises(BackboneError, match="nope.h5"):
         build_backbone("vgg16", "nope.h5", SIZE)

@@ -28,7 +28,7 @@ import logging
 import os
 import struct
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -442,7 +442,11 @@ def load_image(path: str | os.PathLike[str], image_size: int) -> np.ndarray:
 
 
 def load_images(
-    records: Sequence[ImageRecord], image_size: int, *, progress: bool = False
+    records: Sequence[ImageRecord],
+    image_size: int,
+    *,
+    progress: bool = False,
+    summarize: bool = True,
 ) -> LoadedImages:
     """Decode images as RGB, resized to ``image_size`` x ``image_size``.
 
@@ -453,6 +457,8 @@ def load_images(
         records: Images to load, e.g. ``index.splits["train"]``.
         image_size: Output height and width in pixels.
         progress: Show a progress bar on stderr.
+        summarize: Warn with the count of skipped images and fail when none could
+            be read (off when the records are one batch of a larger set).
 
     Returns:
         The decoded images and their labels, in the order of ``records`` minus the
@@ -490,9 +496,9 @@ def load_images(
         paths.append(record.relative)
         count += 1
 
-    if skipped:
+    if skipped and summarize:
         logger.warning("Skipped %d of %d images that could not be read", len(skipped), total)
-    if total and not count:
+    if total and not count and summarize:
         raise DataError(
             f"none of the {total} images could be read; the first, {first_unreadable}, "
             f"failed with {skipped[0][1]}"
@@ -502,3 +508,61 @@ def load_images(
         images = images[:count].copy()
         labels = labels[:count].copy()
     return LoadedImages(images=images, labels=labels, paths=paths, skipped=skipped)
+
+
+def iter_image_batches(
+    records: Sequence[ImageRecord],
+    image_size: int,
+    batch_size: int,
+    *,
+    workers: int = 2,
+    prefetch: int = 2,
+) -> Iterator[LoadedImages]:
+    """Decodes images batch by batch in background threads, a few batches ahead.
+
+    A consumer that runs a model on each batch then overlaps decoding and
+    resizing (Pillow releases the GIL) with the model. Unreadable files are
+    skipped and counted as in ``load_images``; each batch's ``skipped`` lists
+    its own.
+
+    Args:
+        records: Images to load, in order.
+        image_size: Output height and width in pixels.
+        batch_size: Records per batch (a batch may come out smaller by its skips).
+        workers: Decoding threads.
+        prefetch: Batches decoded ahead of the consumer.
+
+    Raises:
+        DataError: After the last batch, if every record was unreadable.
+    """
+    from collections import deque
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    _check_image_size(image_size)
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: must be >= 1")
+    chunks = [records[start : start + batch_size] for start in range(0, len(records), batch_size)]
+    skipped_total: list[tuple[str, str]] = []
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool:
+        pending: deque[Future[LoadedImages]] = deque()
+        upcoming = iter(chunks)
+        for chunk in upcoming:
+            pending.append(pool.submit(load_images, chunk, image_size, summarize=False))
+            if len(pending) > prefetch:
+                break
+        while pending:
+            batch = pending.popleft().result()
+            for chunk in upcoming:  # refill the window before handing the batch out
+                pending.append(pool.submit(load_images, chunk, image_size, summarize=False))
+                break
+            skipped_total.extend(batch.skipped)
+            yield batch
+    if skipped_total:
+        logger.warning(
+            "Skipped %d of %d images that could not be read", len(skipped_total), len(records)
+        )
+    if records and len(skipped_total) == len(records):
+        raise DataError(
+            f"none of the {len(records)} images could be read; the first failed with "
+            f"{skipped_total[0][1]}"
+        )

@@ -1,19 +1,27 @@
 """The bottleneck-feature cache: computed once, stored on disk, reused by every trial.
 
-An entry holds the output of one backbone layer (the "cut") for every training
-and validation image of one dataset. Its key is the content of everything the
-numbers depend on: backbone, weights identity, image size, dataset fingerprint
-and cut. Entries are plain ``.npy`` files (loaded with ``allow_pickle=False``)
-plus a ``meta.json``, written to a temporary folder and renamed into place, so a
+An entry holds the output of one backbone layer (the "cut") for the training
+and validation images of one dataset. Its key is the content of everything the
+numbers depend on: backbone, weights identity, image size, dataset fingerprint,
+cut and storage dtype.
+
+Augmented views: for an augmentation strength s > 0, the backbone also runs on
+V augmented copies ("views") of each training image, each view computed once
+with its own seed and cached as an entry of its own. A trial with strength s
+draws one view per image each epoch, so even an augmented trial never runs the
+frozen layers. Validation features are never augmented.
+
+Entries are plain ``.npy`` files (loaded with ``allow_pickle=False``) plus a
+``meta.json``, written to a temporary folder and renamed into place, so a
 reader never sees half an entry.
 
 Layout::
 
     CACHE_DIR/
-      entries/<backbone>-<size>px-<cut>-<digest>/
+      entries/<backbone>-<size>px-<cut>[-aug<s>-view<v>]-<dtype>-<digest>/
         meta.json
         train_features.npy  train_labels.npy
-        validation_features.npy  validation_labels.npy
+        validation_features.npy  validation_labels.npy   (not in views)
       builds.jsonl      one line per entry ever built (an audit of extractions)
 """
 
@@ -34,14 +42,15 @@ from typing import Any
 import numpy as np
 
 from core.backbones import INPUT_CUT, get_backbone, weights_identity
-from core.data import DatasetIndex, load_images
+from core.data import DatasetIndex, iter_image_batches
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CACHED_SPLITS = ("train", "validation")
-IMAGES_CUT = "images"
-"""Pseudo-cut for the decoded, resized uint8 images themselves (used by augmented trials)."""
+FEATURE_DTYPES = ("float16", "float32")
+DEFAULT_VIEWS = 8
+"""Augmented views per training image and strength, unless configured otherwise."""
 
 
 class FeatureCacheError(ValueError):
@@ -50,31 +59,56 @@ class FeatureCacheError(ValueError):
 
 @dataclass(frozen=True)
 class FeatureKey:
-    """Everything a cache entry's numbers depend on."""
+    """Everything a cache entry's numbers depend on.
+
+    Attributes:
+        backbone: Registry name.
+        weights: Weights identity (``core.backbones.weights_identity``).
+        image_size: Input side in pixels.
+        dataset: Dataset fingerprint.
+        cut: Layer name whose output is stored (or ``INPUT_CUT``).
+        dtype: Storage dtype, "float16" or "float32".
+        augmentation: Strength of an augmented view (0 for plain features).
+        view: Seed of an augmented view, None for plain features.
+    """
 
     backbone: str
     weights: str
     image_size: int
     dataset: str
     cut: str
+    dtype: str = "float32"
+    augmentation: float = 0.0
+    view: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in FEATURE_DTYPES:
+            raise FeatureCacheError(
+                f"feature dtype {self.dtype!r}: choose one of {', '.join(FEATURE_DTYPES)}"
+            )
+        if (self.view is None) != (self.augmentation == 0):
+            raise FeatureCacheError(
+                f"augmentation={self.augmentation!r}, view={self.view!r}: a view needs a "
+                "strength above 0 and plain features have none"
+            )
+
+    @property
+    def is_view(self) -> bool:
+        return self.view is not None
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """Views hold training images only: validation is never augmented."""
+        return ("train",) if self.is_view else CACHED_SPLITS
 
     def digest(self) -> str:
-        payload = json.dumps(
-            {
-                "format": FORMAT_VERSION,
-                "backbone": self.backbone,
-                "weights": self.weights,
-                "image_size": self.image_size,
-                "dataset": self.dataset,
-                "cut": self.cut,
-            },
-            sort_keys=True,
-        )
+        payload = json.dumps({"format": FORMAT_VERSION, **self.to_dict()}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
     @property
     def name(self) -> str:
-        return f"{self.backbone}-{self.image_size}px-{self.cut}-{self.digest()}"
+        view = f"-aug{self.augmentation:g}-view{self.view}" if self.is_view else ""
+        return f"{self.backbone}-{self.image_size}px-{self.cut}{view}-{self.dtype}-{self.digest()}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -83,7 +117,15 @@ class FeatureKey:
             "image_size": self.image_size,
             "dataset": self.dataset,
             "cut": self.cut,
+            "dtype": self.dtype,
+            "augmentation": self.augmentation,
+            "view": self.view,
         }
+
+
+def view_name(cut: str, augmentation: float) -> str:
+    """How a bundle names the views of one cut at one strength."""
+    return f"{cut}@{augmentation:g}"
 
 
 @dataclass
@@ -91,7 +133,7 @@ class FeatureBundle:
     """What a search hands to its trials: cached arrays for every cut it needs.
 
     Ray puts one bundle in the object store per search; numpy arrays come back
-    in each trial zero-copy and read-only.
+    in each trial zero-copy and read-only, so trials on one node share one copy.
 
     Attributes:
         backbone: Registry name.
@@ -99,8 +141,8 @@ class FeatureBundle:
         class_names: Class names, index = label.
         labels: Labels per split ("train", "validation").
         cuts: Features per cut name, then per split.
-        images: Decoded uint8 images per split, present only when some trial
-            may augment (augmentation runs on images, before the frozen layers).
+        views: Augmented training features per ``view_name(cut, strength)``:
+            one array per view, each aligned with ``labels["train"]``.
     """
 
     backbone: str
@@ -108,7 +150,7 @@ class FeatureBundle:
     class_names: tuple[str, ...]
     labels: dict[str, np.ndarray]
     cuts: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    images: dict[str, np.ndarray] | None = None
+    views: dict[str, tuple[np.ndarray, ...]] = field(default_factory=dict)
 
     def features(self, cut: str, split: str) -> np.ndarray:
         try:
@@ -119,12 +161,22 @@ class FeatureBundle:
                 f"the bundle holds cuts {sorted(self.cuts)}"
             ) from None
 
+    def views_of(self, cut: str, augmentation: float) -> tuple[np.ndarray, ...]:
+        """The augmented views of the training images at one cut and strength."""
+        try:
+            return self.views[view_name(cut, augmentation)]
+        except KeyError:
+            raise FeatureCacheError(
+                f"no cached views for cut {cut!r} at augmentation={augmentation:g}; the bundle "
+                f"holds {sorted(self.views) or 'no views'} (augmentation strengths must be "
+                "among the levels the features were prepared for)"
+            ) from None
+
     @property
     def nbytes(self) -> int:
         total = sum(a.nbytes for a in self.labels.values())
         total += sum(a.nbytes for split in self.cuts.values() for a in split.values())
-        if self.images:
-            total += sum(a.nbytes for a in self.images.values())
+        total += sum(a.nbytes for views in self.views.values() for a in views)
         return total
 
 
@@ -209,21 +261,22 @@ class FeatureCache:
         class_names: Sequence[str],
         seconds: float,
     ) -> Path:
-        """Writes one entry atomically; an entry another process wrote first wins."""
+        """Writes one entry atomically, as ``key.dtype``; another process's copy wins."""
         final = self.entry_dir(key)
         self.entries_dir.mkdir(parents=True, exist_ok=True)
         staging = self.entries_dir / f".tmp-{key.name}-{uuid.uuid4().hex[:8]}"
         staging.mkdir()
         try:
             for split, array in features.items():
-                np.save(staging / f"{split}_features.npy", np.ascontiguousarray(array))
+                stored = np.ascontiguousarray(array, dtype=key.dtype)
+                np.save(staging / f"{split}_features.npy", stored)
                 np.save(staging / f"{split}_labels.npy", labels[split].astype(np.int32))
             meta = {
                 "key": key.to_dict(),
                 "name": key.name,
                 "splits": list(features),
                 "shapes": {split: list(array.shape) for split, array in features.items()},
-                "dtype": str(next(iter(features.values())).dtype),
+                "dtype": key.dtype,
                 "class_names": list(class_names),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "seconds": round(seconds, 3),
@@ -246,19 +299,47 @@ class FeatureCache:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         with self.builds_log.open("a") as log:
-            log.write(
-                json.dumps(
-                    {
-                        "name": key.name,
-                        "cut": key.cut,
-                        "created": meta["created"],
-                        "pid": os.getpid(),
-                        "seconds": meta["seconds"],
-                    }
-                )
-                + "\n"
-            )
+            record = {
+                "name": key.name,
+                "cut": key.cut,
+                "augmentation": key.augmentation,
+                "view": key.view,
+                "created": meta["created"],
+                "pid": os.getpid(),
+                "seconds": meta["seconds"],
+            }
+            log.write(json.dumps(record) + "\n")
         return final
+
+    def keys_for(
+        self,
+        index: DatasetIndex,
+        *,
+        backbone: str,
+        weights: str,
+        image_size: int,
+        cuts: Iterable[str],
+        augmentations: Iterable[float] = (),
+        views: int = DEFAULT_VIEWS,
+        dtype: str = "float32",
+        seed: int = 0,
+    ) -> list[FeatureKey]:
+        """Every entry ``ensure`` needs for these arguments: plain cuts first, then views."""
+        get_backbone(backbone)  # an unknown name fails here, before any work
+        weights_id = weights_identity(weights, seed)
+        wanted = list(dict.fromkeys(cuts))
+        strengths = sorted({float(s) for s in augmentations if s > 0})
+        if strengths and views < 1:
+            raise FeatureCacheError(f"views={views!r}: augmented trials need at least 1 view")
+
+        def key(cut: str, augmentation: float = 0.0, view: int | None = None) -> FeatureKey:
+            return FeatureKey(
+                backbone, weights_id, image_size, index.fingerprint, cut, dtype, augmentation, view
+            )
+
+        keys = [key(cut) for cut in wanted]
+        keys += [key(cut, s, v) for s in strengths for v in range(views) for cut in wanted]
+        return keys
 
     def ensure(
         self,
@@ -268,15 +349,17 @@ class FeatureCache:
         weights: str,
         image_size: int,
         cuts: Iterable[str],
-        include_images: bool = False,
+        augmentations: Iterable[float] = (),
+        views: int = DEFAULT_VIEWS,
+        dtype: str = "float32",
         seed: int = 0,
         batch_size: int = 32,
         progress: bool = True,
     ) -> FeatureBundle:
-        """Returns features for every cut, computing only the missing ones.
+        """Returns features for every cut (and views), computing only the missing ones.
 
-        All missing cuts are computed in one pass over the images (one forward
-        pass yields every block's output).
+        One forward pass over the images yields every cut's output; each missing
+        augmented view is one more pass over the training images.
 
         Args:
             index: The scanned dataset.
@@ -284,31 +367,35 @@ class FeatureCache:
             weights: "imagenet", "none" or a weights file path.
             image_size: Input side in pixels.
             cuts: Block-end layer names (or ``INPUT_CUT``) trials will start from.
-            include_images: Also cache and return the resized uint8 images.
+            augmentations: Strengths trials may augment with (0s are ignored);
+                each gets ``views`` augmented views of the training images at
+                every cut.
+            views: Augmented views per strength.
+            dtype: Storage dtype, "float16" (half the memory) or "float32".
             seed: Random-init seed when ``weights`` is "none".
             batch_size: Images per forward pass.
             progress: Show a progress bar while computing.
         """
-        get_backbone(backbone)  # an unknown name fails here, before any work
-        weights_id = weights_identity(weights, seed)
-        wanted = list(dict.fromkeys(cuts))
-        keys = {
-            cut: FeatureKey(backbone, weights_id, image_size, index.fingerprint, cut)
-            for cut in wanted
-        }
-        if include_images:
-            keys[IMAGES_CUT] = FeatureKey("-", "-", image_size, index.fingerprint, IMAGES_CUT)
-        missing = [cut for cut, key in keys.items() if not self.has(key)]
-        for cut, key in keys.items():
-            (self.stats.misses if cut in missing else self.stats.hits).append(key.name)
+        keys = self.keys_for(
+            index,
+            backbone=backbone,
+            weights=weights,
+            image_size=image_size,
+            cuts=cuts,
+            augmentations=augmentations,
+            views=views,
+            dtype=dtype,
+            seed=seed,
+        )
+        missing = [key for key in keys if not self.has(key)]
+        for key in keys:
+            (self.stats.misses if key in missing else self.stats.hits).append(key.name)
         if missing:
-            self._build(
-                index, backbone, weights, image_size, seed, keys, missing, batch_size, progress
-            )
+            self._build(index, weights, seed, missing, batch_size, progress)
         bundle = FeatureBundle(
             backbone=backbone, image_size=image_size, class_names=index.class_names, labels={}
         )
-        for cut, key in keys.items():
+        for key in keys:
             features, labels = self.load(key)
             if not bundle.labels:
                 bundle.labels = labels
@@ -317,112 +404,166 @@ class FeatureCache:
                     f"cache entry {self.entry_dir(key)} has labels that disagree with the "
                     "other entries of this dataset; remove it to rebuild"
                 )
-            if cut == IMAGES_CUT:
-                bundle.images = features
+            if key.is_view:
+                name = view_name(key.cut, key.augmentation)
+                bundle.views[name] = (*bundle.views.get(name, ()), features["train"])
             else:
-                bundle.cuts[cut] = features
+                bundle.cuts[key.cut] = features
         return bundle
 
     def _build(
         self,
         index: DatasetIndex,
-        backbone: str,
         weights: str,
-        image_size: int,
         seed: int,
-        keys: dict[str, FeatureKey],
-        missing: list[str],
+        missing: list[FeatureKey],
         batch_size: int,
         progress: bool,
     ) -> None:
-        started = time.perf_counter()
-        loaded = {
-            split: load_images(index.splits[split], image_size, progress=progress)
-            for split in CACHED_SPLITS
-        }
-        labels = {split: loaded[split].labels for split in CACHED_SPLITS}
-        images = {split: loaded[split].images for split in CACHED_SPLITS}
-        if IMAGES_CUT in missing:
-            self.store(
-                keys[IMAGES_CUT], images, labels, index.class_names, time.perf_counter() - started
-            )
-        layer_cuts = [cut for cut in missing if cut != IMAGES_CUT]
-        if not layer_cuts:
-            return
-        computed = extract_features(
-            images,
-            backbone=backbone,
-            weights=weights,
-            image_size=image_size,
+        from tqdm.auto import tqdm
+
+        first = missing[0]
+        extractor = FeatureExtractor(
+            first.backbone,
+            weights,
+            first.image_size,
             seed=seed,
-            cuts=layer_cuts,
-            batch_size=batch_size,
-            progress=progress,
+            cuts=list(dict.fromkeys(key.cut for key in missing)),
         )
-        seconds = time.perf_counter() - started
-        for cut in layer_cuts:
-            self.store(keys[cut], computed[cut], labels, index.class_names, seconds)
-            logger.info("cached %s features for %s", cut, keys[cut].name)
+        plain = [key for key in missing if not key.is_view]
+        passes: dict[tuple[float, int], list[FeatureKey]] = {}
+        for key in missing:
+            if key.view is not None:
+                passes.setdefault((key.augmentation, key.view), []).append(key)
+        splits = CACHED_SPLITS if plain else ("train",)
+        counts = {split: len(index.splits[split]) for split in splits}
+        total = sum(counts.values()) + counts["train"] * len(passes)
+        with tqdm(
+            total=total,
+            desc=f"bottleneck features ({first.backbone}, {first.image_size}px)",
+            unit="img",
+            disable=not progress,
+        ) as bar:
+            started = time.perf_counter()
+            images: dict[str, np.ndarray] = {}
+            labels: dict[str, np.ndarray] = {}
+            outputs: dict[str, dict[str, np.ndarray]] = {}
+            for split in splits:
+                chunks: list[np.ndarray] = []
+                label_chunks: list[np.ndarray] = []
+                per_cut: dict[str, list[np.ndarray]] = {key.cut: [] for key in plain}
+                # Decoding runs in background threads while the model runs.
+                for batch in iter_image_batches(index.splits[split], first.image_size, batch_size):
+                    if plain and len(batch.images):
+                        for cut, value in extractor(batch.images, [k.cut for k in plain]).items():
+                            per_cut[cut].append(value)
+                    chunks.append(batch.images)
+                    label_chunks.append(batch.labels)
+                    bar.update(len(batch.images) + len(batch.skipped))
+                images[split] = np.concatenate(chunks)
+                labels[split] = np.concatenate(label_chunks)
+                for cut, values in per_cut.items():
+                    outputs.setdefault(cut, {})[split] = np.concatenate(values)
+            seconds = time.perf_counter() - started
+            for key in plain:
+                self.store(key, outputs[key.cut], labels, index.class_names, seconds)
+                logger.info("cached %s features as %s", key.cut, key.name)
+            for (augmentation, view), keys in passes.items():
+                started = time.perf_counter()
+                view_outputs: dict[str, list[np.ndarray]] = {key.cut: [] for key in keys}
+                augment = view_augmentation(augmentation, view)
+                train = images["train"]
+                for start in range(0, len(train), batch_size):
+                    rows = train[start : start + batch_size]
+                    outputs_of_view = extractor(rows, [key.cut for key in keys], augment=augment)
+                    for cut, value in outputs_of_view.items():
+                        view_outputs[cut].append(value)
+                    bar.update(len(rows))
+                seconds = time.perf_counter() - started
+                for key in keys:
+                    self.store(
+                        key,
+                        {"train": np.concatenate(view_outputs[key.cut])},
+                        {"train": labels["train"]},
+                        index.class_names,
+                        seconds,
+                    )
+        extractor.close()
 
 
-def extract_features(
-    images: dict[str, np.ndarray],
-    *,
-    backbone: str,
-    weights: str,
-    image_size: int,
-    seed: int,
-    cuts: Sequence[str],
-    batch_size: int = 32,
-    progress: bool = True,
-) -> dict[str, dict[str, np.ndarray]]:
-    """Runs the frozen backbone once over ``images`` and keeps each cut's output.
+def view_augmentation(augmentation: float, view: int) -> Any:
+    """The augmentation layers of one view: the recipe's transforms at this strength.
+
+    Each view has its own seed, so views of one strength differ from each other
+    and every search that asks for view ``v`` gets the same numbers.
+    """
+    from core.layers import build_augmentation
+
+    return build_augmentation(augmentation, seed=1_000_003 * (view + 1))
+
+
+class FeatureExtractor:
+    """The frozen backbone up to the highest requested cut, run on uint8 image batches.
 
     Args:
-        images: uint8 images per split.
-        cuts: Layer names (or ``INPUT_CUT`` for the preprocessed image).
-
-    Returns:
-        Features per cut, then per split (float32).
+        backbone: Registry name.
+        weights: "imagenet", "none" or a weights file path.
+        image_size: Input side in pixels.
+        seed: Random-init seed when ``weights`` is "none".
+        cuts: Layer names (or ``INPUT_CUT`` for the preprocessed image) to output.
     """
-    import keras
-    from tqdm.auto import tqdm
 
-    from core.backbones import build_backbone
+    def __init__(
+        self, backbone: str, weights: str, image_size: int, *, seed: int, cuts: Sequence[str]
+    ) -> None:
+        import keras
 
-    spec = get_backbone(backbone)
-    preprocess = spec.preprocess_input()
-    layer_cuts = [cut for cut in cuts if cut != INPUT_CUT]
-    extractor = None
-    if layer_cuts:
-        model = build_backbone(backbone, weights, image_size, seed=seed)
-        extractor = keras.Model(
-            model.input,
-            [model.get_layer(cut).output for cut in layer_cuts],
-            name=f"{backbone}_cuts",
-        )
-    total = sum(len(array) for array in images.values())
-    result: dict[str, dict[str, np.ndarray]] = {cut: {} for cut in cuts}
-    with tqdm(
-        total=total,
-        desc=f"bottleneck features ({backbone}, {image_size}px)",
-        unit="img",
-        disable=not progress,
-    ) as bar:
-        for split, array in images.items():
-            outputs: dict[str, list[np.ndarray]] = {cut: [] for cut in cuts}
-            for start in range(0, len(array), batch_size):
-                batch = preprocess(array[start : start + batch_size].astype("float32"))
-                if INPUT_CUT in outputs:
-                    outputs[INPUT_CUT].append(np.asarray(batch, dtype="float32"))
-                if extractor is not None:
-                    values = extractor(batch, training=False)
-                    if not isinstance(values, (list, tuple)):
-                        values = [values]
-                    for cut, value in zip(layer_cuts, values, strict=True):
-                        outputs[cut].append(keras.ops.convert_to_numpy(value))
-                bar.update(min(batch_size, len(array) - start))
-            for cut in cuts:
-                result[cut][split] = np.concatenate(outputs[cut]).astype("float32", copy=False)
-    keras.backend.clear_session()
-    return result
+        from core.backbones import build_backbone
+
+        self._preprocess = get_backbone(backbone).preprocess_input()
+        self.cuts = list(cuts)
+        self._layer_cuts = [cut for cut in self.cuts if cut != INPUT_CUT]
+        self._model = None
+        if self._layer_cuts:
+            model = build_backbone(backbone, weights, image_size, seed=seed)
+            self._model = keras.Model(
+                model.input,
+                [model.get_layer(cut).output for cut in self._layer_cuts],
+                name=f"{backbone}_cuts",
+            )
+
+    def __call__(
+        self, images: np.ndarray, cuts: Sequence[str] | None = None, *, augment: Any = None
+    ) -> dict[str, np.ndarray]:
+        """Each requested cut's output (float32) for a batch of uint8 RGB images.
+
+        Args:
+            images: Batch of shape (n, size, size, 3), values 0-255.
+            cuts: A subset of the extractor's cuts (default: all).
+            augment: Keras augmentation layers applied (in training mode) before
+                preprocessing.
+        """
+        import keras
+
+        wanted = list(cuts) if cuts is not None else self.cuts
+        batch = images.astype("float32")
+        if augment is not None:
+            batch = keras.ops.convert_to_numpy(augment(batch, training=True))
+        batch = self._preprocess(batch)
+        result: dict[str, np.ndarray] = {}
+        if INPUT_CUT in wanted:
+            result[INPUT_CUT] = np.asarray(batch, dtype="float32")
+        if self._model is not None and any(cut != INPUT_CUT for cut in wanted):
+            values = self._model(batch, training=False)
+            if not isinstance(values, (list, tuple)):
+                values = [values]
+            for cut, value in zip(self._layer_cuts, values, strict=True):
+                if cut in wanted:
+                    result[cut] = keras.ops.convert_to_numpy(value)
+        return result
+
+    def close(self) -> None:
+        import keras
+
+        self._model = None
+        keras.backend.clear_session()

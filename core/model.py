@@ -8,7 +8,7 @@ import keras
 
 from core.backbones import INPUT_CUT, apply_layers, split_layers
 from core.hyperparameters import Hyperparameters
-from core.layers import BackbonePreprocess, build_augmentation
+from core.layers import BackbonePreprocess
 
 
 def build_head(
@@ -62,48 +62,25 @@ def freeze(layers: list[Any]) -> None:
         layer.trainable = False
 
 
-def build_finetune_models(
-    backbone_model: keras.Model,
-    backbone: str,
-    cut: str,
-    cut_shape: tuple[int, ...],
-    head: keras.Model,
-    augmentation: float,
-    seed: int,
-) -> tuple[keras.Model, keras.Model]:
-    """Phase-2 models sharing one set of layers.
+def build_finetune_model(
+    backbone_model: keras.Model, cut: str, cut_shape: tuple[int, ...], head: keras.Model
+) -> keras.Model:
+    """The phase-2 model: cached cut features -> the unfrozen top blocks -> the head.
+
+    The frozen blocks below ``cut`` are not part of it: their output comes from
+    the cache (plain or augmented views), so they never run during training.
 
     Args:
         backbone_model: The backbone whose top blocks are fine-tuned.
-        backbone: Its registry name (for preprocessing).
         cut: Where the frozen part ends.
         cut_shape: Shape of one cached feature at the cut.
-        head: The head trained in phase 1.
-        augmentation: Strength in [0, 1].
-        seed: Seed of the augmentation layers.
-
-    Returns:
-        (train_model, feature_model). ``feature_model`` maps cached cut
-        features through the unfrozen blocks and the head; it is the training
-        model too when there is no augmentation, so the frozen blocks never
-        run. With augmentation, ``train_model`` takes images and runs
-        augmentation, preprocessing, the frozen blocks and then the same
-        layers; validation still uses ``feature_model`` on cached features.
+        head: The head trained in phase 1 (its layers are shared, not copied).
     """
     prefix, suffix = split_layers(backbone_model, cut)
     freeze(prefix)
     unfreeze(suffix)
     cut_input = keras.Input(shape=cut_shape, name="cut_features")
-    feature_model = keras.Model(cut_input, head(apply_layers(suffix, cut_input)), name="finetune")
-    augment = build_augmentation(augmentation, seed=seed)
-    if augment is None:
-        return feature_model, feature_model
-    image_input = keras.Input(shape=backbone_model.input_shape[1:], name="image")
-    x = augment(image_input)
-    x = BackbonePreprocess(backbone, name="preprocess")(x)
-    x = apply_layers(prefix, x)
-    train_model = keras.Model(image_input, head(apply_layers(suffix, x)), name="finetune_augmented")
-    return train_model, feature_model
+    return keras.Model(cut_input, head(apply_layers(suffix, cut_input)), name="finetune")
 
 
 def build_inference_model(

@@ -23,7 +23,7 @@ import numpy as np
 from core.backbones import build_backbone, get_backbone
 from core.features import FeatureBundle
 from core.hyperparameters import Hyperparameters, TrainingSetup
-from core.model import build_finetune_models, build_head, build_inference_model, loss_for
+from core.model import build_finetune_model, build_head, build_inference_model, loss_for
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,29 @@ def array_batches(
     for start in range(0, len(x), batch_size):
         rows = np.sort(order[start : start + batch_size])
         yield np.asarray(x[rows], dtype="float32"), y[rows]
+
+
+def view_batches(
+    views: tuple[np.ndarray, ...], y: np.ndarray, batch_size: int, *, seed: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Shuffled mini-batches that take each image from one randomly drawn view.
+
+    The epoch's seed decides both the order and which view each image comes
+    from, so every epoch sees a fresh mix of augmentations (and a resumed trial
+    sees the same mix as an uninterrupted one).
+    """
+    if not views:
+        raise ValueError("no views to draw from")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(y))
+    drawn = rng.integers(0, len(views), size=len(y))
+    for start in range(0, len(y), batch_size):
+        rows = np.sort(order[start : start + batch_size])
+        x = np.empty((len(rows), *views[0].shape[1:]), dtype="float32")
+        for view in np.unique(drawn[rows]):
+            chosen = drawn[rows] == view
+            x[chosen] = views[view][rows[chosen]]
+        yield x, y[rows]
 
 
 def run_batches(
@@ -76,7 +99,7 @@ class RecipeTrainer:
     Args:
         hparams: The trial's hyperparameters.
         setup: Backbone, weights, size, epochs and seed.
-        bundle: Cached features (and images, if augmenting) for this dataset.
+        bundle: Cached features (and augmented views, if augmenting) for this dataset.
     """
 
     def __init__(
@@ -107,8 +130,7 @@ class RecipeTrainer:
             metrics=["accuracy"],
         )
         self.backbone_model: keras.Model | None = None
-        self.train_model: keras.Model | None = None
-        self.feature_model: keras.Model | None = None
+        self.finetune_model: keras.Model | None = None
 
     def _target(self, labels: np.ndarray) -> np.ndarray:
         if self.num_classes == 2:
@@ -139,20 +161,14 @@ class RecipeTrainer:
             keras.utils.set_random_seed(self.setup.seed + 1000 + self.epoch)
         return self.backbone_model
 
-    def _ensure_finetune(self) -> tuple[keras.Model, keras.Model]:
-        if self.train_model is None or self.feature_model is None:
+    def _ensure_finetune(self) -> keras.Model:
+        if self.finetune_model is None:
             backbone_model = self._ensure_backbone()
             cut_shape = tuple(self.bundle.features(self.cut, "train").shape[1:])
-            self.train_model, self.feature_model = build_finetune_models(
-                backbone_model,
-                self.setup.backbone,
-                self.cut,
-                cut_shape,
-                self.head,
-                self.hparams.augmentation,
-                self.setup.seed,
+            self.finetune_model = build_finetune_model(
+                backbone_model, self.cut, cut_shape, self.head
             )
-            self.train_model.compile(
+            self.finetune_model.compile(
                 optimizer=keras.optimizers.SGD(
                     learning_rate=self.hparams.finetune_learning_rate,
                     momentum=self.hparams.momentum,
@@ -160,9 +176,7 @@ class RecipeTrainer:
                 loss=loss_for(self.num_classes),
                 metrics=["accuracy"],
             )
-            if self.feature_model is not self.train_model:
-                self.feature_model.compile(loss=loss_for(self.num_classes), metrics=["accuracy"])
-        return self.train_model, self.feature_model
+        return self.finetune_model
 
     def train_epoch(self) -> dict[str, Any]:
         """Trains one epoch and evaluates on the validation split.
@@ -178,25 +192,20 @@ class RecipeTrainer:
         batch = self.hparams.batch_size
         seed = self.setup.seed + self.epoch
         if phase == 1:
-            train_model = eval_model = self.head
-            train_x = self.bundle.features(self.top_cut, "train")
-            val_x = self.bundle.features(self.top_cut, "validation")
+            model, cut = self.head, self.top_cut
         else:
-            train_model, eval_model = self._ensure_finetune()
-            val_x = self.bundle.features(self.cut, "validation")
-            if self.hparams.augmentation > 0:
-                if self.bundle.images is None:
-                    raise ValueError("augmentation > 0 needs the bundle's images")
-                train_x = self.bundle.images["train"]
-            else:
-                train_x = self.bundle.features(self.cut, "train")
-        fit = run_batches(
-            train_model,
-            array_batches(train_x, self._labels["train"], batch, shuffle=True, seed=seed),
-            train=True,
-        )
+            model, cut = self._ensure_finetune(), self.cut
+        train_y = self._labels["train"]
+        if self.hparams.augmentation > 0:
+            views = self.bundle.views_of(cut, self.hparams.augmentation)
+            batches = view_batches(views, train_y, batch, seed=seed)
+        else:
+            train_x = self.bundle.features(cut, "train")
+            batches = array_batches(train_x, train_y, batch, shuffle=True, seed=seed)
+        fit = run_batches(model, batches, train=True)
+        val_x = self.bundle.features(cut, "validation")
         evaluation = run_batches(
-            eval_model,
+            model,
             array_batches(val_x, self._labels["validation"], batch, shuffle=False, seed=0),
             train=False,
         )
@@ -218,15 +227,13 @@ class RecipeTrainer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.head.save_weights(directory / "head.weights.h5")
-        if self.train_model is not None:
-            # The training model holds the phase-2 optimizer (SGD); with
-            # augmentation it is a different model from the feature model but
-            # shares every trained layer with it.
-            self.train_model.save_weights(directory / "finetune.weights.h5")
+        if self.finetune_model is not None:
+            # With the phase-2 optimizer (SGD) and its momentum.
+            self.finetune_model.save_weights(directory / "finetune.weights.h5")
         state = {
             "epoch": self.epoch,
             "history": self.history,
-            "finetune": self.train_model is not None,
+            "finetune": self.finetune_model is not None,
         }
         (directory / "state.json").write_text(json.dumps(state, indent=2))
 
@@ -244,9 +251,9 @@ class RecipeTrainer:
         self.head.optimizer.build(self.head.trainable_variables)
         self.head.load_weights(directory / "head.weights.h5")
         if state["finetune"]:
-            train_model, _ = self._ensure_finetune()
-            train_model.optimizer.build(train_model.trainable_variables)
-            train_model.load_weights(directory / "finetune.weights.h5")
+            model = self._ensure_finetune()
+            model.optimizer.build(model.trainable_variables)
+            model.load_weights(directory / "finetune.weights.h5")
 
     def inference_model(self) -> keras.Model:
         """The full model (preprocessing, backbone, head) on RGB images in [0, 255]."""

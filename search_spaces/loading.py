@@ -45,15 +45,16 @@ _REQUIRED_BY_KIND: dict[str, tuple[str, ...]] = {
 }
 
 _FINE_TUNING = "unfreeze_blocks > 0"
+AUGMENTATION_LEVELS = [0.0, 0.25, 0.5, 0.75, 1.0]
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Augmentation only applies while fine-tuning: phase 1 trains on cached bottleneck
-    # features, which cannot be augmented.
+    # Augmentation is a choice of levels: each level's augmented views are
+    # computed once and shared by every trial that picks it, in both phases.
     "default": {
         "dropout": {"type": "float", "low": 0.0, "high": 0.7},
         "l2": {"type": "float", "low": 1.0e-6, "high": 1.0e-2, "log": True},
         "unfreeze_blocks": {"type": "int", "low": 0, "high": 3},
-        "augmentation": {"type": "float", "low": 0.0, "high": 1.0, "when": _FINE_TUNING},
+        "augmentation": {"type": "categorical", "choices": AUGMENTATION_LEVELS},
         "head_learning_rate": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
         "finetune_learning_rate": {
             "type": "float",

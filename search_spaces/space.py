@@ -435,6 +435,26 @@ class SearchSpace:
         assert grid is not None
         return any(value > 0 for value in grid)
 
+    def augmentation_levels(self) -> list[float]:
+        """The augmentation strengths above 0 that some trial may use.
+
+        Augmented trials train on cached augmented views, computed once per
+        strength, so the strength must be a finite choice.
+
+        Raises:
+            SpaceError: When ``augmentation`` is a float range that can be active.
+        """
+        values = self.possible_values("augmentation", Hyperparameters().augmentation)
+        if values is None:
+            raise SpaceError.for_key(
+                "augmentation",
+                "type",
+                "float",
+                "augmented views are cached per strength, so augmentation must be a finite "
+                "choice, e.g. {type: categorical, choices: [0, 0.25, 0.5, 0.75, 1]}",
+            )
+        return [float(value) for value in values if value > 0]
+
     def validate_for_backbone(self, num_blocks: int, backbone: str) -> None:
         """Checks that no trial unfreezes more blocks than the backbone has.
 

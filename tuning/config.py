@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from core.backbones import BACKBONES, get_backbone
+from core.features import FEATURE_DTYPES
 from tuning.samplers import SAMPLER_NAMES
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -60,6 +61,10 @@ class SearchConfig:
             free port).
         object_store_memory: Bytes for a local Ray object store (0: Ray's default).
         max_failures: Times a failed trial is retried from its last checkpoint.
+        augmentation_views: Augmented views cached per training image and
+            augmentation strength; each epoch an augmented trial draws one.
+        feature_dtype: How cached features are stored and shared: "float16"
+            (half the disk and memory) or "float32".
     """
 
     backbone: str = "vgg16"
@@ -85,6 +90,8 @@ class SearchConfig:
     dashboard_port: int = 0
     object_store_memory: int = 0
     max_failures: int = 0
+    augmentation_views: int = 8
+    feature_dtype: str = "float16"
 
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):
@@ -159,6 +166,15 @@ class SearchConfig:
             "dashboard_port",
             self.dashboard_port,
             "a TCP port (0: Ray's default, 8265 or the next free one)",
+        )
+        _require(
+            self.augmentation_views >= 1, "augmentation_views", self.augmentation_views, ">= 1"
+        )
+        _require(
+            self.feature_dtype in FEATURE_DTYPES,
+            "feature_dtype",
+            self.feature_dtype,
+            f"one of {', '.join(FEATURE_DTYPES)}",
         )
         if not self.weights:
             raise ConfigError(

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.features import DEFAULT_VIEWS
 from core.hyperparameters import HyperparameterError, Hyperparameters
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ class BestConfig:
         weights_identity: What the weights were (a file's content hash), so
             final training can refuse different weights.
         cache_dir: The search's feature cache.
+        augmentation_views: Augmented views per image the search cached.
+        feature_dtype: Storage dtype of the search's cached features.
     """
 
     hyperparameters: Hyperparameters
@@ -57,6 +60,8 @@ class BestConfig:
     trial_id: str
     weights_identity: str
     cache_dir: str
+    augmentation_views: int = DEFAULT_VIEWS
+    feature_dtype: str = "float32"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +82,8 @@ class BestConfig:
             "trial_id": self.trial_id,
             "weights_identity": self.weights_identity,
             "cache_dir": self.cache_dir,
+            "augmentation_views": self.augmentation_views,
+            "feature_dtype": self.feature_dtype,
         }
 
     @classmethod
@@ -99,10 +106,12 @@ class BestConfig:
             "weights_identity": str,
             "cache_dir": str,
         }
+        optional = {"augmentation_views": int, "feature_dtype": str}
         missing = [key for key in required if key not in data]
         if missing:
             raise ExportError(f"{source}: missing key(s) {', '.join(missing)}")
-        for key, expected in required.items():
+        present = {key: kind for key, kind in optional.items() if key in data}
+        for key, expected in {**required, **present}.items():
             value = data[key]
             numeric = expected is float and isinstance(value, int)
             if isinstance(value, bool) or not (isinstance(value, expected) or numeric):
@@ -131,6 +140,7 @@ class BestConfig:
             trial_id=data["trial_id"],
             weights_identity=data["weights_identity"],
             cache_dir=data["cache_dir"],
+            **{key: data[key] for key in present},
         )
 
     @classmethod
@@ -184,6 +194,9 @@ def best_config(run_dir: str | os.PathLike[str]) -> BestConfig:
             "weights_identity": search["weights_identity"],
             "cache_dir": results["cache"]["dir"],
         }
+        for key in ("augmentation_views", "feature_dtype"):
+            if key in search:
+                candidate[key] = search[key]
     except (KeyError, TypeError, AttributeError) as error:
         raise ExportError(
             f"{results_path}: not a bottletune results file (missing or malformed {error})"

@@ -84,7 +84,9 @@ def train_final(
         weights=config.weights,
         image_size=config.image_size,
         cuts=cuts,
-        include_images=hparams.unfreeze_blocks > 0 and hparams.augmentation > 0,
+        augmentations=[hparams.augmentation],
+        views=config.augmentation_views,
+        dtype=config.feature_dtype,
         seed=config.seed,
         progress=progress,
     )

@@ -20,8 +20,9 @@ from core.backbones import get_backbone, weights_identity
 from core.data import DatasetIndex, scan_dataset
 from core.features import CacheStats, FeatureBundle, FeatureCache
 from core.hyperparameters import Hyperparameters, TrainingSetup
-from search_spaces import SearchSpace, load_space, to_optuna
+from search_spaces import SearchSpace, SpaceError, load_space, to_optuna
 from tuning.config import SearchConfig, write_config
+from tuning.resume import SavedRun, check_resume, load_run, write_manifest
 from tuning.samplers import make_sampler
 from tuning.trainable import TrialContext, recipe_trainable
 
@@ -51,18 +52,17 @@ class SearchResult:
     dashboard_url: str | None = None
 
 
-def needed_cuts(space: SearchSpace, backbone: str) -> tuple[list[str], bool]:
-    """The cuts a search's trials start from, and whether any trial may augment.
+def needed_cuts(space: SearchSpace, backbone: str) -> tuple[list[str], list[float]]:
+    """The cuts a search's trials start from, and the augmentation strengths they may use.
 
     Returns:
-        (cut layer names, include_images): the top block's output always (the
+        (cut layer names, strengths above 0): the top block's output always (the
         head trains on it), plus the cut below the unfrozen blocks of every
-        possible ``unfreeze_blocks`` value; images only when a fine-tuning
-        trial can augment.
+        possible ``unfreeze_blocks`` value; each strength gets augmented views
+        at every one of those cuts.
     """
     depths = space.unfreeze_block_values()
-    include_images = space.may_augment() and any(k > 0 for k in depths)
-    return get_backbone(backbone).cuts_for(depths), include_images
+    return get_backbone(backbone).cuts_for(depths), space.augmentation_levels()
 
 
 def prepare_features(
@@ -72,9 +72,9 @@ def prepare_features(
     *,
     progress: bool = True,
 ) -> tuple[DatasetIndex, FeatureBundle, CacheStats]:
-    """Scans the data and makes sure every cut the search needs is cached."""
+    """Scans the data and makes sure every entry the search needs is cached."""
     index = scan_dataset(data_dir, config.validation_fraction, config.seed)
-    cuts, include_images = needed_cuts(space, config.backbone)
+    cuts, augmentations = needed_cuts(space, config.backbone)
     cache = FeatureCache(config.cache_path)
     bundle = cache.ensure(
         index,
@@ -82,7 +82,9 @@ def prepare_features(
         weights=config.weights,
         image_size=config.image_size,
         cuts=cuts,
-        include_images=include_images,
+        augmentations=augmentations,
+        views=config.augmentation_views,
+        dtype=config.feature_dtype,
         seed=config.seed,
         batch_size=config.batch_size,
         progress=progress,
@@ -100,6 +102,7 @@ def run_search(
     num_cpus: int | None = None,
     num_gpus: int | None = None,
     progress: bool = True,
+    resume: SavedRun | None = None,
 ) -> SearchResult:
     """Runs a whole search and writes its results to ``run_dir``.
 
@@ -113,6 +116,8 @@ def run_search(
         num_cpus: CPUs of a local Ray (default: all).
         num_gpus: GPUs a local Ray announces (default: detected).
         progress: Show the extraction progress bar and Tune's progress table.
+        resume: Continue the search saved in ``run_dir`` (see ``resume_search``)
+            instead of starting one.
 
     Returns:
         The best trial, every trial's summary and the cache's hits and misses.
@@ -126,11 +131,14 @@ def run_search(
     from ray.tune.search.optuna import OptunaSearch
 
     run_dir = Path(run_dir).absolute()
-    if run_dir.exists() and not run_dir.is_dir():
-        raise SearchError(f"run directory {run_dir} is a file; choose a new directory")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise SearchError(f"run directory {run_dir} is not empty; choose a new one")
-    space = load_space(config.space)
+    if resume is None:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise SearchError(f"run directory {run_dir} is a file; choose a new directory")
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise SearchError(
+                f"run directory {run_dir} is not empty; choose a new one (or --resume it)"
+            )
+    space = load_space(config.space) if resume is None else resume.space
     spec = get_backbone(config.backbone)
     space.validate_for_backbone(spec.num_blocks, spec.name)
     sampler = make_sampler(config.sampler, config.seed)  # fails now on a missing dependency
@@ -144,9 +152,11 @@ def run_search(
         )
     index, bundle, stats = prepare_features(config, data_dir, space, progress=progress)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(config, run_dir / CONFIG_FILE)
-    (run_dir / SPACE_FILE).write_text(_yaml(space.to_dict()))
+    if resume is None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_config(config, run_dir / CONFIG_FILE)
+        (run_dir / SPACE_FILE).write_text(_yaml(space.to_dict()))
+        write_manifest(run_dir, data_dir, index.fingerprint, space)
 
     info = connect(
         address,
@@ -176,44 +186,36 @@ def run_search(
             {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial},
         )
         del bundle  # the object store holds it now; the driver needs no copy
-        searcher = OptunaSearch(
-            space=to_optuna(space),
-            metric=METRIC,
-            mode=MODE,
-            sampler=sampler,
-            storage=_journal_storage(run_dir / STUDY_FILE),
-            study_name="bottletune",
-        )
-        scheduler = ASHAScheduler(
-            time_attr="training_iteration",
-            max_t=config.max_epochs,
-            grace_period=config.grace_period,
-            reduction_factor=config.reduction_factor,
-        )
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                metric=METRIC,
-                mode=MODE,
-                search_alg=searcher,
-                scheduler=scheduler,
-                num_samples=config.num_samples,
-                max_concurrent_trials=config.max_concurrent_trials or None,
-                time_budget_s=config.time_budget_s or None,
-                trial_name_creator=trial_name,
-                trial_dirname_creator=trial_name,
-            ),
-            run_config=tune.RunConfig(
-                name=TRIALS_DIR,
-                storage_path=str(run_dir),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                failure_config=tune.FailureConfig(max_failures=config.max_failures),
-                verbose=1 if progress else 0,
-            ),
-        )
         # Trials checkpoint every epoch, so Tune snapshots its state often; on
         # short epochs it warns about that each time. The snapshots are small.
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+        if resume is not None:
+            # Tune restores trial states, checkpoints, the scheduler and the
+            # searcher (with the Optuna study) as saved; finished trials stay
+            # finished, unfinished and errored ones continue from their
+            # last checkpoint.
+            tuner = tune.Tuner.restore(
+                str(run_dir / TRIALS_DIR),
+                trainable=trainable,
+                resume_unfinished=True,
+                resume_errored=True,
+            )
+        else:
+            searcher = OptunaSearch(
+                space=to_optuna(space),
+                metric=METRIC,
+                mode=MODE,
+                sampler=sampler,
+                storage=_journal_storage(run_dir / STUDY_FILE),
+                study_name="bottletune",
+            )
+            scheduler = ASHAScheduler(
+                time_attr="training_iteration",
+                max_t=config.max_epochs,
+                grace_period=config.grace_period,
+                reduction_factor=config.reduction_factor,
+            )
+            tuner = _new_tuner(trainable, searcher, scheduler, config, run_dir, progress)
         started = time.perf_counter()
         grid = tuner.fit()
         seconds = time.perf_counter() - started
@@ -249,6 +251,8 @@ def run_search(
             "head_epochs": config.head_epochs,
             "max_epochs": config.max_epochs,
             "validation_fraction": config.validation_fraction,
+            "augmentation_views": config.augmentation_views,
+            "feature_dtype": config.feature_dtype,
         },
         "cache": {"dir": str(config.cache_path), "hits": stats.hits, "misses": stats.misses},
         "cluster": {"address": info.address, "nodes": [n.address for n in info.nodes]},
@@ -258,6 +262,103 @@ def run_search(
     (run_dir / RESULTS_FILE).write_text(json.dumps(summary, indent=2))
     return SearchResult(
         run_dir=run_dir, best=best, trials=trials, cache=stats, dashboard_url=dashboard_url
+    )
+
+
+def resume_search(
+    run_dir: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    config: SearchConfig | None = None,
+    force: bool = False,
+    address: str | None = None,
+    ray_temp_dir: str | None = None,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    progress: bool = True,
+) -> SearchResult:
+    """Continues a search whose driver stopped (killed, crashed, interrupted).
+
+    Finished trials are not run again; unfinished ones resume from their last
+    checkpoint; the searcher continues from its saved state.
+
+    Args:
+        run_dir: The run directory of the interrupted search.
+        data_dir: The data (default: the path the search started with).
+        config: A config to check against the saved one (default: the saved one).
+        force: Resume even when the data, the space or the config differ.
+
+    Raises:
+        ResumeError: When the run cannot be resumed, or differs and ``force`` is off.
+    """
+    saved = load_run(run_dir, CONFIG_FILE, TRIALS_DIR)
+    data = Path(data_dir) if data_dir is not None else Path(saved.data_path)
+    effective = config or saved.config
+    index = scan_dataset(data, effective.validation_fraction, effective.seed)
+    check_resume(
+        saved,
+        config=config,
+        space=_current_space(effective.space, required=config is not None),
+        fingerprint=index.fingerprint,
+        data_path=data,
+        force=force,
+    )
+    return run_search(
+        effective,
+        data,
+        saved.run_dir,
+        address=address,
+        ray_temp_dir=ray_temp_dir,
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        progress=progress,
+        resume=saved,
+    )
+
+
+def _current_space(source: str, *, required: bool) -> SearchSpace | None:
+    """The space a config names, as its file reads now (None if the file is gone and optional)."""
+    try:
+        return load_space(source)
+    except SpaceError:
+        if required:
+            raise
+        logger.warning(
+            "the search space %s cannot be read now; resuming with the saved one", source
+        )
+        return None
+
+
+def _new_tuner(
+    trainable: Any,
+    searcher: Any,
+    scheduler: Any,
+    config: SearchConfig,
+    run_dir: Path,
+    progress: bool,
+) -> Any:
+    from ray import tune
+
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode=MODE,
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=config.num_samples,
+            max_concurrent_trials=config.max_concurrent_trials or None,
+            time_budget_s=config.time_budget_s or None,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=TRIALS_DIR,
+            storage_path=str(run_dir),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            failure_config=tune.FailureConfig(max_failures=config.max_failures),
+            verbose=1 if progress else 0,
+        ),
     )
 
 

@@ -135,6 +135,8 @@ def exported_dict(**changes: Any) -> dict[str, Any]:
         "max_epochs": 10,
         "weights_identity": "imagenet",
         "cache_dir": "/tmp/cache",
+        "augmentation_views": 4,
+        "feature_dtype": "float16",
     }
     data.update(changes)
     return data
@@ -269,6 +271,13 @@ def test_export_best_of_a_non_run_directory_writes_nothing(tmp_path: Path) -> No
 
 
 # BestConfig.read
+
+
+def test_an_export_without_cache_settings_gets_the_old_defaults(tmp_path: Path) -> None:
+    data = exported_dict()
+    del data["augmentation_views"], data["feature_dtype"]
+    config = BestConfig.read(write_json(tmp_path / "best.json", data))
+    assert (config.augmentation_views, config.feature_dtype) == (8, "float32")
 
 
 def test_read_round_trips_to_dict(tmp_path: Path) -> None:

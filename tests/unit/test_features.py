@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from core.backbones import INPUT_CUT
-from core.data import scan_dataset
-from core.features import IMAGES_CUT, FeatureCache, FeatureCacheError, FeatureKey
+from core.data import load_images, scan_dataset
+from core.features import FeatureCache, FeatureCacheError, FeatureKey
 
 CUTS = ["block5_pool", "block4_pool"]
 
@@ -63,8 +63,21 @@ def test_key_changes_with_everything_the_numbers_depend_on() -> None:
         FeatureKey("vgg16", "none-seed0", 48, "abc", "block5_pool"),
         FeatureKey("vgg16", "none-seed0", 32, "abd", "block5_pool"),
         FeatureKey("vgg16", "none-seed0", 32, "abc", "block4_pool"),
+        FeatureKey("vgg16", "none-seed0", 32, "abc", "block5_pool", "float16"),
+        FeatureKey("vgg16", "none-seed0", 32, "abc", "block5_pool", "float32", 0.5, 0),
+        FeatureKey("vgg16", "none-seed0", 32, "abc", "block5_pool", "float32", 0.5, 1),
+        FeatureKey("vgg16", "none-seed0", 32, "abc", "block5_pool", "float32", 1.0, 0),
     ]
-    assert len({base.name} | {variant.name for variant in variants}) == 6
+    assert len({base.name} | {variant.name for variant in variants}) == 10
+
+
+def test_a_key_is_either_plain_or_a_view() -> None:
+    with pytest.raises(FeatureCacheError, match="view"):
+        FeatureKey("vgg16", "none-seed0", 32, "abc", "block5_pool", "float32", 0.5, None)
+    with pytest.raises(FeatureCacheError, match="view"):
+        FeatureKey("vgg16", "none-seed0", 32, "abc", "block5_pool", "float32", 0.0, 3)
+    with pytest.raises(FeatureCacheError, match="float64"):
+        FeatureKey("vgg16", "none-seed0", 32, "abc", "block5_pool", "float64")
 
 
 def test_changed_data_gets_new_features(shapes_data: Path, tmp_path: Path) -> None:
@@ -82,9 +95,9 @@ def test_changed_data_gets_new_features(shapes_data: Path, tmp_path: Path) -> No
 
 def test_entries_are_plain_npy_and_json(shapes_data: Path, tmp_path: Path) -> None:
     cache = FeatureCache(tmp_path / "cache")
-    bundle = ensure(cache, shapes_data, cuts=["block5_pool"], include_images=True)
+    ensure(cache, shapes_data, cuts=["block5_pool"], augmentations=[0.5], views=2)
     entries = sorted(p.name for p in cache.entries_dir.iterdir())
-    assert len(entries) == 2 and not [e for e in entries if e.startswith(".tmp")]
+    assert len(entries) == 3 and not [e for e in entries if e.startswith(".tmp")]
     for entry in cache.entries_dir.iterdir():
         suffixes = {p.suffix for p in entry.iterdir()}
         assert suffixes == {".npy", ".json"}
@@ -92,10 +105,52 @@ def test_entries_are_plain_npy_and_json(shapes_data: Path, tmp_path: Path) -> No
             np.load(array_file, allow_pickle=False)  # raises if anything needed unpickling
         meta = json.loads((entry / "meta.json").read_text())
         assert meta["key"]["dataset"] == scan_dataset(shapes_data).fingerprint
-    assert bundle.images is not None
-    assert bundle.images["train"].dtype == np.uint8
-    assert bundle.images["train"].shape == (24, 32, 32, 3)
-    assert any(IMAGES_CUT in name for name in entries)
+
+
+def test_views_are_computed_once_per_strength_and_seed_and_shared(
+    shapes_data: Path, tmp_path: Path
+) -> None:
+    cache = FeatureCache(tmp_path / "cache")
+    bundle = ensure(cache, shapes_data, augmentations=[0.0, 0.5, 1.0], views=2)
+    builds = cache.builds()
+    # 2 plain cuts + 2 strengths x 2 views x 2 cuts; a strength of 0 has no views.
+    assert len(builds) == 2 + 8
+    assert {(b["augmentation"], b["view"]) for b in builds if b["view"] is not None} == {
+        (0.5, 0),
+        (0.5, 1),
+        (1.0, 0),
+        (1.0, 1),
+    }
+    views = bundle.views_of("block4_pool", 0.5)
+    plain = bundle.features("block4_pool", "train")
+    assert len(views) == 2 and views[0].shape == plain.shape
+    assert not np.allclose(views[0], views[1]), "two views of one strength are identical"
+    assert not np.allclose(views[0], plain), "a view is not augmented"
+    assert bundle.views_of("block5_pool", 1.0)[0].shape == (24, 1, 1, 512)
+
+    # A later search with more views and another strength builds only what is new.
+    later = FeatureCache(tmp_path / "cache")
+    again = ensure(later, shapes_data, augmentations=[0.5, 0.75], views=3)
+    new = later.builds()[len(builds) :]
+    assert sorted((b["augmentation"], b["view"]) for b in new) == sorted(
+        [(0.5, 2)] * 2 + [(0.75, v) for v in range(3)] * 2
+    )
+    np.testing.assert_array_equal(again.views_of("block4_pool", 0.5)[1], views[1])
+    with pytest.raises(FeatureCacheError, match="augmentation=0.25"):
+        again.views_of("block4_pool", 0.25)
+
+
+def test_float16_entries_halve_the_size_and_keep_the_numbers(
+    shapes_data: Path, tmp_path: Path
+) -> None:
+    cache = FeatureCache(tmp_path / "cache")
+    full = ensure(cache, shapes_data, cuts=["block4_pool"], dtype="float32")
+    half = ensure(cache, shapes_data, cuts=["block4_pool"], dtype="float16")
+    single = full.features("block4_pool", "train")
+    reduced = half.features("block4_pool", "train")
+    assert single.dtype == np.float32 and reduced.dtype == np.float16
+    assert reduced.nbytes * 2 == single.nbytes
+    np.testing.assert_allclose(reduced.astype("float32"), single, rtol=1e-3, atol=1e-6)
 
 
 def test_a_damaged_entry_is_reported_with_its_path(shapes_data: Path, tmp_path: Path) -> None:
@@ -111,9 +166,9 @@ def test_input_cut_holds_preprocessed_images(shapes_data: Path, tmp_path: Path) 
     from keras.applications import vgg16
 
     cache = FeatureCache(tmp_path / "cache")
-    bundle = ensure(cache, shapes_data, cuts=[INPUT_CUT], include_images=True)
-    assert bundle.images is not None
-    expected = vgg16.preprocess_input(bundle.images["validation"].astype("float32"))
+    bundle = ensure(cache, shapes_data, cuts=[INPUT_CUT])
+    images = load_images(scan_dataset(shapes_data).splits["validation"], 32).images
+    expected = vgg16.preprocess_input(images.astype("float32"))
     np.testing.assert_allclose(bundle.cuts[INPUT_CUT]["validation"], expected, rtol=1e-6)
 
 

@@ -451,12 +451,24 @@ def test_default_preset_matches_the_recipe() -> None:
     fine_tuning = Condition("unfreeze_blocks", ">", 0)
     augmentation = space.get("augmentation")
     finetune = space.get("finetune_learning_rate")
-    assert augmentation is not None and augmentation.condition == fine_tuning
+    # Augmentation applies to head-only trials too (cached augmented views).
+    assert augmentation is not None and augmentation.condition is None
+    assert augmentation.choices == (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert space.augmentation_levels() == [0.25, 0.5, 0.75, 1.0]
     assert finetune is not None and finetune.condition == fine_tuning and finetune.log
     l2 = space.get("l2")
     assert l2 is not None and (l2.low, l2.high, l2.log) == (1e-6, 1e-2, True)
     dense_units = space.get("dense_units")
     assert dense_units is not None and dense_units.choices == (128, 256, 512)
+
+
+def test_a_continuous_augmentation_range_cannot_share_views() -> None:
+    space = space_from_mapping({"augmentation": {"type": "float", "low": 0.0, "high": 1.0}})
+    with pytest.raises(SpaceError, match="augmentation.*finite choice"):
+        space.augmentation_levels()
+    fixed = space_from_mapping({"augmentation": 0.3})
+    assert fixed.augmentation_levels() == [0.3]
+    assert space_from_mapping({"augmentation": 0.0}).augmentation_levels() == []
 
 
 def test_head_only_preset_never_fine_tunes() -> None:
@@ -601,7 +613,7 @@ def test_validate_for_backbone() -> None:
 
 def test_to_optuna_skips_inactive_conditional_parameters() -> None:
     trials = _optuna_trials(load_space("default"), n_trials=60, seed=1)
-    conditional = {"finetune_learning_rate", "augmentation"}
+    conditional = {"finetune_learning_rate"}
     head_only = [t for t in trials if t.params["unfreeze_blocks"] == 0]
     fine_tuned = [t for t in trials if t.params["unfreeze_blocks"] > 0]
     assert head_only and fine_tuned
@@ -658,7 +670,7 @@ def test_to_optuna_works_as_ray_optuna_search_space() -> None:
     for config in configs:
         fine_tunes = config["unfreeze_blocks"] > 0
         assert ("finetune_learning_rate" in config) is fine_tunes
-        assert ("augmentation" in config) is fine_tunes
+        assert "augmentation" in config
 
 
 def test_bounds_are_inclusive_in_optuna_and_ray_tune() -> None:
@@ -711,7 +723,14 @@ def test_to_keras_tuner() -> None:
     # Every parameter is declared; with unfreeze_blocks at its default 0 the
     # conditional ones are inactive and absent from the result.
     assert [h.name for h in hp.space] == list(space.names())
-    assert set(values) == {"dropout", "l2", "unfreeze_blocks", "head_learning_rate", "dense_units"}
+    assert set(values) == {
+        "dropout",
+        "l2",
+        "unfreeze_blocks",
+        "augmentation",
+        "head_learning_rate",
+        "dense_units",
+    }
     by_name = {h.name: h for h in hp.space}
     assert isinstance(by_name["l2"], kt.engine.hyperparameters.Float)
     assert (by_name["l2"].min_value, by_name["l2"].max_value) == (1e-6, 1e-2)
@@ -720,7 +739,9 @@ def test_to_keras_tuner() -> None:
     assert isinstance(by_name["unfreeze_blocks"], kt.engine.hyperparameters.Int)
     assert (by_name["unfreeze_blocks"].min_value, by_name["unfreeze_blocks"].max_value) == (0, 3)
     assert list(by_name["dense_units"].values) == [128, 256, 512]
-    assert [c.get_config()["values"] for c in by_name["augmentation"].conditions] == [[1, 2, 3]]
+    assert list(by_name["augmentation"].values) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    conditions = by_name["finetune_learning_rate"].conditions
+    assert [c.get_config()["values"] for c in conditions] == [[1, 2, 3]]
 
     fine_tuning = kt.HyperParameters()
     fine_tuning.values["unfreeze_blocks"] = 2
@@ -784,6 +805,7 @@ def test_optuna_define_by_run_survives_pickling() -> None:
             "dropout": 0.3,
             "l2": 1e-4,
             "unfreeze_blocks": 0,
+            "augmentation": 0.5,
             "head_learning_rate": 1e-3,
             "dense_units": 256,
         }

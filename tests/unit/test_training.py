@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from core.backbones import get_backbone
-from core.data import scan_dataset
+from core.data import load_images, scan_dataset
 from core.features import FeatureBundle, FeatureCache
 from core.hyperparameters import Hyperparameters
-from core.training import RecipeTrainer, TrainingSetup
+from core.training import RecipeTrainer, TrainingSetup, view_batches
 
 CUTS = ["block5_pool", "block4_pool", "block3_pool"]
 
@@ -25,7 +25,8 @@ def bundle(shapes_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Featu
         weights="none",
         image_size=32,
         cuts=CUTS,
-        include_images=True,
+        augmentations=[0.5, 1.0],
+        views=2,
         seed=0,
         progress=False,
     )
@@ -65,53 +66,81 @@ def test_finetune_model_holds_only_the_layers_above_the_cut(
     trainer = RecipeTrainer(Hyperparameters(unfreeze_blocks=depth), setup(), bundle)
     trainer.train_epoch()
     trainer.train_epoch()
-    assert trainer.feature_model is trainer.train_model
     expected_blocks = {f"block{5 - i}" for i in range(depth)}
-    names = backbone_layer_names(trainer.feature_model)
+    names = backbone_layer_names(trainer.finetune_model)
     assert names and {name.split("_")[0] for name in names} == expected_blocks
 
 
-def test_finetune_without_augmentation_never_runs_the_frozen_blocks(
-    bundle: FeatureBundle,
+@pytest.mark.parametrize("augmentation", [0.0, 0.5])
+def test_finetuning_never_runs_the_frozen_blocks(
+    bundle: FeatureBundle, augmentation: float
 ) -> None:
-    """Poison every frozen layer with NaN: if any of them ran, the loss would be NaN."""
-    trainer = RecipeTrainer(Hyperparameters(unfreeze_blocks=2), setup(), bundle)
+    """Poison every frozen layer with NaN: if any of them ran, the loss would be NaN.
+
+    With augmentation too: augmented trials train on cached augmented views.
+    """
+    hparams = Hyperparameters(unfreeze_blocks=2, augmentation=augmentation)
+    trainer = RecipeTrainer(hparams, setup(epochs=3), bundle)
     trainer.train_epoch()
-    train_model, _ = trainer._ensure_finetune()
+    trainer._ensure_finetune()
     assert trainer.backbone_model is not None
     cut_index = [layer.name for layer in trainer.backbone_model.layers].index("block3_pool")
     for layer in trainer.backbone_model.layers[: cut_index + 1]:
         for weight in layer.weights:
             weight.assign(np.full(weight.shape, np.nan, dtype="float32"))
-    report = trainer.train_epoch()
-    assert report["phase"] == 2
-    assert np.isfinite(report["loss"]) and np.isfinite(report["val_loss"])
+    reports = [trainer.train_epoch(), trainer.train_epoch()]
+    assert [report["phase"] for report in reports] == [2, 2]
+    assert all(np.isfinite(r["loss"]) and np.isfinite(r["val_loss"]) for r in reports)
 
 
-def test_augmented_finetune_runs_frozen_blocks_on_images(bundle: FeatureBundle) -> None:
-    hparams = Hyperparameters(unfreeze_blocks=1, augmentation=1.0)
-    trainer = RecipeTrainer(hparams, setup(), bundle)
+def test_augmented_trials_train_on_views_of_their_strength(bundle: FeatureBundle) -> None:
+    trainer = RecipeTrainer(Hyperparameters(augmentation=1.0), setup(epochs=1), bundle)
+    used: list[np.ndarray] = []
+    original = trainer.head.train_on_batch
+
+    def spy(x, y, **kwargs):  # type: ignore[no-untyped-def]
+        used.append(np.array(x))
+        return original(x, y, **kwargs)
+
+    trainer.head.train_on_batch = spy  # type: ignore[method-assign]
     trainer.train_epoch()
-    report = trainer.train_epoch()
-    assert report["phase"] == 2 and np.isfinite(report["loss"])
-    assert trainer.train_model is not trainer.feature_model
-    layer_names = {layer.name for layer in trainer.train_model.layers}
-    assert "augmentation" in layer_names and "preprocess" in layer_names
-    assert "block1_conv1" in backbone_layer_names(trainer.train_model)
-    assert "block1_conv1" not in backbone_layer_names(trainer.feature_model)
-    assert all(not trainer.backbone_model.get_layer(n).trainable for n in ("block4_conv3",))
-    assert trainer.backbone_model.get_layer("block5_conv3").trainable
+    seen = np.concatenate(used)
+    views = bundle.views_of("block5_pool", 1.0)
+    plain = bundle.features("block5_pool", "train")
+    flat = seen.reshape(len(seen), -1)
+    candidates = [np.asarray(v, dtype="float32").reshape(len(v), -1) for v in views]
+    from_views = [any(np.any(np.all(c == row, axis=1)) for c in candidates) for row in flat]
+    assert all(from_views), "an augmented trial trained on something other than its views"
+    assert not np.any(np.all(plain.reshape(len(plain), -1)[:, None] == flat[None], axis=2))
 
 
-def test_exported_model_on_images_matches_the_feature_path(bundle: FeatureBundle) -> None:
+def test_view_batches_draw_one_view_per_image_afresh_each_epoch() -> None:
+    views = tuple(np.full((10, 2), float(v)) + np.arange(10)[:, None] * 10 for v in range(4))
+    labels = np.arange(10)
+
+    def drawn(seed: int) -> dict[int, float]:
+        result: dict[int, float] = {}
+        for x, y in view_batches(views, labels, 3, seed=seed):
+            for row, label in zip(x, y, strict=True):
+                result[int(label)] = row[0] - 10 * int(label)
+        return result
+
+    first, second = drawn(0), drawn(1)
+    assert sorted(first) == list(range(10)), "every image once per epoch"
+    assert set(first.values()) <= {0.0, 1.0, 2.0, 3.0}
+    assert first != second, "two epochs drew the same views"
+    assert drawn(0) == first, "an epoch's draw is not reproducible from its seed"
+
+
+def test_exported_model_on_images_matches_the_feature_path(
+    bundle: FeatureBundle, shapes_data: Path
+) -> None:
     trainer = RecipeTrainer(Hyperparameters(unfreeze_blocks=1), setup(), bundle)
     trainer.train_epoch()
     trainer.train_epoch()
-    assert bundle.images is not None
-    from_images = trainer.inference_model().predict(
-        bundle.images["validation"].astype("float32"), verbose=0
-    )
-    from_features = trainer.feature_model.predict(  # type: ignore[union-attr]
+    images = load_images(scan_dataset(shapes_data).splits["validation"], 32).images
+    from_images = trainer.inference_model().predict(images.astype("float32"), verbose=0)
+    from_features = trainer.finetune_model.predict(  # type: ignore[union-attr]
         bundle.features("block4_pool", "validation"), verbose=0
     )
     np.testing.assert_allclose(from_images, from_features, rtol=1e-4, atol=1e-5)
@@ -127,8 +156,8 @@ def test_checkpoint_restores_weights_and_progress(bundle: FeatureBundle, tmp_pat
     assert resumed.epoch == 2 and len(resumed.history) == 2
     features = bundle.features("block4_pool", "validation")
     np.testing.assert_allclose(
-        resumed.feature_model.predict(features, verbose=0),  # type: ignore[union-attr]
-        first.feature_model.predict(features, verbose=0),  # type: ignore[union-attr]
+        resumed.finetune_model.predict(features, verbose=0),  # type: ignore[union-attr]
+        first.finetune_model.predict(features, verbose=0),  # type: ignore[union-attr]
         rtol=1e-6,
     )
     assert resumed.train_epoch()["epoch"] == 3
@@ -182,9 +211,9 @@ def test_augmented_checkpoint_keeps_the_sgd_state(bundle: FeatureBundle, tmp_pat
     first.save(tmp_path)
     resumed = RecipeTrainer(hparams, setup(epochs=3), bundle)
     resumed.restore(tmp_path)
-    assert first.train_model is not None and resumed.train_model is not None
-    before = first.train_model.optimizer
-    after = resumed.train_model.optimizer
+    assert first.finetune_model is not None and resumed.finetune_model is not None
+    before = first.finetune_model.optimizer
+    after = resumed.finetune_model.optimizer
     assert int(after.iterations) == int(before.iterations) > 0
     for saved, loaded in zip(before.variables, after.variables, strict=True):
         np.testing.assert_allclose(np.asarray(loaded), np.asarray(saved))

@@ -1,0 +1,159 @@
+"""Continuing a search whose driver died: what a run directory records, and whether it fits.
+
+A search writes ``search.json`` into its run directory before the first trial
+starts: the data it runs on (path and fingerprint) and the search space. Ray
+Tune keeps the rest (trial states, checkpoints, the searcher's state) under
+``trials/``. ``bottletune tune --resume RUN_DIR`` reads both back, refuses to
+go on against other data or another space unless forced, and lets Ray Tune
+continue the experiment: finished trials stay finished, unfinished ones resume
+from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from search_spaces import SearchSpace, space_from_mapping
+from tuning.config import SearchConfig, load_config
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_FILE = "search.json"
+
+# Keys that say how a search runs, not what it searches: they may change on resume.
+RUNTIME_KEYS = frozenset(
+    {
+        "max_failures",
+        "include_dashboard",
+        "dashboard_host",
+        "dashboard_port",
+        "object_store_memory",
+        "max_concurrent_trials",
+        "time_budget_s",
+        "cache_dir",
+        "batch_size",
+    }
+)
+
+
+class ResumeError(ValueError):
+    """A run directory cannot be resumed as asked (the message says why and what to do)."""
+
+
+@dataclass(frozen=True)
+class SavedRun:
+    """What a run directory says about the search that started there."""
+
+    run_dir: Path
+    config: SearchConfig
+    space: SearchSpace
+    data_path: str
+    fingerprint: str
+
+
+def write_manifest(
+    run_dir: Path, data_path: str | Path, fingerprint: str, space: SearchSpace
+) -> None:
+    """Records the data and the space of a search that is about to start."""
+    manifest = {
+        "dataset": {"path": str(Path(data_path).absolute()), "fingerprint": fingerprint},
+        "space": space.to_dict(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    (run_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def load_run(run_dir: str | Path, config_file: str, trials_dir: str) -> SavedRun:
+    """Reads a run directory back for ``--resume``.
+
+    Raises:
+        ResumeError: naming the directory and the missing or unreadable file.
+    """
+    run_dir = Path(run_dir).absolute()
+    manifest_path = run_dir / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise ResumeError(
+            f"{run_dir} is not a bottletune run directory that can be resumed (no {MANIFEST_FILE})"
+        )
+    if not (run_dir / trials_dir).is_dir():
+        raise ResumeError(
+            f"{run_dir}: the search never started its trials (no {trials_dir}/); "
+            "start it again in a new directory"
+        )
+    try:
+        manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+        space = space_from_mapping(manifest["space"], source=str(manifest_path))
+        dataset = manifest["dataset"]
+        data_path, fingerprint = str(dataset["path"]), str(dataset["fingerprint"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ResumeError(f"{manifest_path}: unreadable ({error})") from error
+    config = load_config(run_dir / config_file)
+    return SavedRun(run_dir, config, space, data_path, fingerprint)
+
+
+def check_resume(
+    saved: SavedRun,
+    *,
+    config: SearchConfig | None,
+    space: SearchSpace | None,
+    fingerprint: str,
+    data_path: str | Path,
+    force: bool,
+) -> None:
+    """Refuses to resume against other data, another space or another config, unless forced.
+
+    Args:
+        saved: The run as it started.
+        config: The config the user asks to resume with (None: the saved one).
+        space: The space that config names now (None: the saved one).
+        fingerprint: Fingerprint of the data the resumed search would use.
+        data_path: That data's path, for the message.
+        force: Go on anyway, with a warning for each difference.
+
+    Raises:
+        ResumeError: naming each difference and ``--force``.
+    """
+    problems: list[str] = []
+    if fingerprint != saved.fingerprint:
+        problems.append(
+            f"the data at {data_path} (fingerprint {fingerprint[:12]}) is not the data the "
+            f"search started on ({saved.data_path}, fingerprint {saved.fingerprint[:12]})"
+        )
+    if space is not None and space.to_dict() != saved.space.to_dict():
+        changed = sorted(
+            name
+            for name in set(space.to_dict()) | set(saved.space.to_dict())
+            if space.to_dict().get(name) != saved.space.to_dict().get(name)
+        )
+        problems.append(
+            f"the search space differs from the one the search started with "
+            f"(parameters {', '.join(changed)})"
+        )
+    if config is not None:
+        old, new = saved.config.to_dict(), config.to_dict()
+        changed = sorted(k for k in old if k not in RUNTIME_KEYS and old[k] != new.get(k))
+        if changed:
+            problems.append(
+                "the config differs in "
+                + ", ".join(f"{k} ({old[k]!r} -> {new.get(k)!r})" for k in changed)
+            )
+    if not problems:
+        return
+    if not force:
+        raise ResumeError(
+            f"cannot resume {saved.run_dir}: "
+            + "; ".join(problems)
+            + ". Resume with the original data and config, or pass --force to go on anyway."
+        )
+    for problem in problems:
+        logger.warning("resuming %s although %s (--force)", saved.run_dir, problem)
+    if space is not None and space.to_dict() != saved.space.to_dict():
+        logger.warning(
+            "the resumed searcher keeps proposing from the space the search started with; "
+            "start a new search to search the new space"
+        )

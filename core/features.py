@@ -12,8 +12,11 @@ draws one view per image each epoch, so even an augmented trial never runs the
 frozen layers. Validation features are never augmented.
 
 Entries are plain ``.npy`` files (loaded with ``allow_pickle=False``) plus a
-``meta.json``, written to a temporary folder and renamed into place, so a
-reader never sees half an entry.
+``meta.json`` with every file's sha256, kept by ``core.cache_store.EntryStore``:
+written to a staging folder and renamed into place (a reader never sees half
+an entry), locked per entry so that concurrent builders build once, verified
+on read and rebuilt with a warning when a file is truncated or altered. The
+cache can live in a local directory or at a URI (s3://, gs://, ...).
 
 Layout::
 
@@ -22,18 +25,18 @@ Layout::
         meta.json
         train_features.npy  train_labels.npy
         validation_features.npy  validation_labels.npy   (not in views)
-      builds.jsonl      one line per entry ever built (an audit of extractions)
+      locks/<entry>.lock
+      builds.jsonl      one line per entry built here (an audit of extractions)
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
-import shutil
 import time
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from core.backbones import INPUT_CUT, get_backbone, weights_identity
+from core.cache_store import CacheStoreError, CorruptEntryError, EntryStore
 from core.data import DatasetIndex, iter_image_batches
 
 logger = logging.getLogger(__name__)
@@ -123,6 +127,11 @@ class FeatureKey:
         }
 
 
+def is_uri(location: str | os.PathLike[str]) -> bool:
+    """Whether a cache location is a URI (remote storage) rather than a local path."""
+    return isinstance(location, str) and "://" in location
+
+
 def view_name(cut: str, augmentation: float) -> str:
     """How a bundle names the views of one cut at one strength."""
     return f"{cut}@{augmentation:g}"
@@ -189,71 +198,86 @@ class CacheStats:
 
 
 class FeatureCache:
-    """Bottleneck features on disk, keyed by content.
+    """Bottleneck features in an ``EntryStore``, keyed by content.
+
+    Entries carry sha256 checksums: a truncated or altered file is detected
+    when the entry is read, and the entry rebuilt with a warning. Processes that
+    need the same missing entry at once build it once: the first takes the
+    entry's lock and builds, the others wait and then read it.
 
     Args:
-        root: The cache directory (created on first write).
+        root: The cache directory, or a URI (``s3://``, ``gs://``, any
+            ``pyarrow.fs`` URI) so that a new cluster reuses an earlier one's
+            features; remote entries are mirrored locally to be memory-mapped.
+        mirror_dir: The local mirror of a remote cache (default under
+            ``~/.cache/bottletune/mirror``).
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
+    def __init__(
+        self, root: str | os.PathLike[str], *, mirror_dir: str | os.PathLike[str] | None = None
+    ) -> None:
+        self.store = EntryStore(
+            root if is_uri(root) else Path(os.fspath(root)).expanduser(), mirror_dir=mirror_dir
+        )
+        self.root = self.store.local_root
         self.stats = CacheStats()
 
     @property
     def entries_dir(self) -> Path:
-        return self.root / "entries"
+        return self.store.entries_dir
 
     @property
     def builds_log(self) -> Path:
         return self.root / "builds.jsonl"
 
     def entry_dir(self, key: FeatureKey) -> Path:
-        return self.entries_dir / key.name
+        return self.store.entry_dir(key.name)
 
     def has(self, key: FeatureKey) -> bool:
-        return (self.entry_dir(key) / "meta.json").is_file()
+        return self.store.has(key.name)
 
     def builds(self) -> list[dict[str, Any]]:
-        """Every build ever recorded in this cache, oldest first."""
+        """Every build this machine recorded in this cache, oldest first."""
         if not self.builds_log.is_file():
             return []
         lines = self.builds_log.read_text().splitlines()
         return [json.loads(line) for line in lines if line.strip()]
 
     def load(self, key: FeatureKey) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Reads one entry.
+        """Reads one entry, memory-mapped, after checking every file's checksum.
 
         Returns:
             (features per split, labels per split).
 
         Raises:
+            CorruptEntryError: naming the file that is truncated or altered.
             FeatureCacheError: naming the entry when it is missing, unreadable
                 or was written for another key.
         """
-        directory = self.entry_dir(key)
         try:
-            meta = json.loads((directory / "meta.json").read_text())
-        except (OSError, ValueError) as error:
-            raise FeatureCacheError(f"cache entry {directory} is unreadable: {error}") from error
+            meta, arrays = self.store.read(key.name)
+        except CorruptEntryError:
+            raise
+        except CacheStoreError as error:
+            raise FeatureCacheError(str(error)) from error
+        where = self.entry_dir(key)
         if meta.get("key") != key.to_dict():
-            raise FeatureCacheError(f"cache entry {directory} was written for another key")
+            raise FeatureCacheError(f"cache entry {where} was written for another key")
         features: dict[str, np.ndarray] = {}
         labels: dict[str, np.ndarray] = {}
-        for split in meta["splits"]:
+        for split in meta.get("splits", []):
             try:
                 # Memory-mapped: the driver hands the arrays to Ray's object
                 # store without holding a second full copy of them.
-                features[split] = np.load(
-                    directory / f"{split}_features.npy", mmap_mode="r", allow_pickle=False
-                )
-                labels[split] = np.load(directory / f"{split}_labels.npy", allow_pickle=False)
-            except (OSError, ValueError) as error:
+                features[split] = arrays[f"{split}_features"]
+                labels[split] = np.asarray(arrays[f"{split}_labels"])
+            except KeyError as error:
                 raise FeatureCacheError(
-                    f"cache entry {directory}, split {split!r} is unreadable: {error}"
-                ) from error
+                    f"cache entry {where}, split {split!r} has no {error.args[0]}.npy"
+                ) from None
         return features, labels
 
-    def store(
+    def store_entry(
         self,
         key: FeatureKey,
         features: dict[str, np.ndarray],
@@ -261,50 +285,31 @@ class FeatureCache:
         class_names: Sequence[str],
         seconds: float,
     ) -> Path:
-        """Writes one entry atomically, as ``key.dtype``; another process's copy wins."""
-        final = self.entry_dir(key)
-        self.entries_dir.mkdir(parents=True, exist_ok=True)
-        staging = self.entries_dir / f".tmp-{key.name}-{uuid.uuid4().hex[:8]}"
-        staging.mkdir()
-        try:
-            for split, array in features.items():
-                stored = np.ascontiguousarray(array, dtype=key.dtype)
-                np.save(staging / f"{split}_features.npy", stored)
-                np.save(staging / f"{split}_labels.npy", labels[split].astype(np.int32))
-            meta = {
-                "key": key.to_dict(),
-                "name": key.name,
-                "splits": list(features),
-                "shapes": {split: list(array.shape) for split, array in features.items()},
-                "dtype": key.dtype,
-                "class_names": list(class_names),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "seconds": round(seconds, 3),
-            }
-            (staging / "meta.json").write_text(json.dumps(meta, indent=2))
-            if final.is_dir() and not self.has(key):
-                # A folder without meta.json is not an entry (nothing renames
-                # one into place unfinished); it is debris, e.g. removed by hand.
-                logger.warning("replacing incomplete cache entry %s", final)
-                shutil.rmtree(final, ignore_errors=True)
-            try:
-                os.rename(staging, final)
-            except OSError:
-                if not self.has(key):
-                    raise
-                logger.info("cache entry %s was written by another process first", key.name)
-                shutil.rmtree(staging, ignore_errors=True)
-                return final
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        """Writes one entry atomically, as ``key.dtype``, and records the build."""
+        arrays: dict[str, np.ndarray] = {}
+        for split, array in features.items():
+            arrays[f"{split}_features"] = np.ascontiguousarray(array, dtype=key.dtype)
+            arrays[f"{split}_labels"] = labels[split].astype(np.int32)
+        created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        meta = {
+            "key": key.to_dict(),
+            "name": key.name,
+            "splits": list(features),
+            "shapes": {split: list(array.shape) for split, array in features.items()},
+            "dtype": key.dtype,
+            "class_names": list(class_names),
+            "created": created,
+            "seconds": round(seconds, 3),
+        }
+        final = self.store.write(key.name, arrays, meta)
+        self.root.mkdir(parents=True, exist_ok=True)
         with self.builds_log.open("a") as log:
             record = {
                 "name": key.name,
                 "cut": key.cut,
                 "augmentation": key.augmentation,
                 "view": key.view,
-                "created": meta["created"],
+                "created": created,
                 "pid": os.getpid(),
                 "seconds": meta["seconds"],
             }
@@ -391,12 +396,18 @@ class FeatureCache:
         for key in keys:
             (self.stats.misses if key in missing else self.stats.hits).append(key.name)
         if missing:
-            self._build(index, weights, seed, missing, batch_size, progress)
+            self._build_locked(index, weights, seed, missing, batch_size, progress)
         bundle = FeatureBundle(
             backbone=backbone, image_size=image_size, class_names=index.class_names, labels={}
         )
         for key in keys:
-            features, labels = self.load(key)
+            try:
+                features, labels = self.load(key)
+            except CorruptEntryError as error:
+                logger.warning("%s: rebuilding cache entry %s", error, key.name)
+                self.store.discard(key.name)
+                self._build_locked(index, weights, seed, [key], batch_size, progress)
+                features, labels = self.load(key)
             if not bundle.labels:
                 bundle.labels = labels
             elif any(not np.array_equal(bundle.labels[s], labels[s]) for s in labels):
@@ -410,6 +421,32 @@ class FeatureCache:
             else:
                 bundle.cuts[key.cut] = features
         return bundle
+
+    def _build_locked(
+        self,
+        index: DatasetIndex,
+        weights: str,
+        seed: int,
+        missing: list[FeatureKey],
+        batch_size: int,
+        progress: bool,
+    ) -> None:
+        """Builds the missing entries while holding their locks (in name order, no deadlock).
+
+        Another process may have built some of them while this one waited for
+        their locks: those are read, not built again.
+        """
+        with contextlib.ExitStack() as locks:
+            for key in sorted(missing, key=lambda k: k.name):
+                locks.enter_context(self.store.lock(key.name))
+            still_missing = [key for key in missing if not self.has(key)]
+            if len(still_missing) < len(missing):
+                logger.info(
+                    "%d cache entries were built by another process meanwhile",
+                    len(missing) - len(still_missing),
+                )
+            if still_missing:
+                self._build(index, weights, seed, still_missing, batch_size, progress)
 
     def _build(
         self,
@@ -466,7 +503,7 @@ class FeatureCache:
                     outputs.setdefault(cut, {})[split] = np.concatenate(values)
             seconds = time.perf_counter() - started
             for key in plain:
-                self.store(key, outputs[key.cut], labels, index.class_names, seconds)
+                self.store_entry(key, outputs[key.cut], labels, index.class_names, seconds)
                 logger.info("cached %s features as %s", key.cut, key.name)
             for (augmentation, view), keys in passes.items():
                 started = time.perf_counter()
@@ -481,7 +518,7 @@ class FeatureCache:
                     bar.update(len(rows))
                 seconds = time.perf_counter() - started
                 for key in keys:
-                    self.store(
+                    self.store_entry(
                         key,
                         {"train": np.concatenate(view_outputs[key.cut])},
                         {"train": labels["train"]},

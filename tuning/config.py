@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from core.backbones import BACKBONES, get_backbone
-from core.features import FEATURE_DTYPES
+from core.features import FEATURE_DTYPES, is_uri
 from tuning.samplers import SAMPLER_NAMES
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -50,7 +50,8 @@ class SearchConfig:
         gpus_per_trial: GPUs reserved per trial (fractions allowed: 0.25 puts
             four trials on one GPU).
         time_budget_s: Stop starting new trials after this many seconds (0: no limit).
-        cache_dir: Where bottleneck features are cached.
+        cache_dir: Where bottleneck features are cached: a local directory, or a
+            URI (s3://, gs://, any pyarrow filesystem) shared between clusters.
         space: A search-space preset name or a YAML file.
         validation_fraction: Validation share when the data is one folder of
             class subfolders.
@@ -182,8 +183,11 @@ class SearchConfig:
             )
 
     @property
-    def cache_path(self) -> Path:
-        return Path(os.path.expanduser(self.cache_dir))
+    def cache_location(self) -> str:
+        """The cache as ``FeatureCache`` takes it: a URI as is, a local path absolute."""
+        if is_uri(self.cache_dir):
+            return self.cache_dir
+        return str(Path(os.path.expanduser(self.cache_dir)).absolute())
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -77,7 +77,7 @@ def train_final(
         )
     hparams: Hyperparameters = config.hyperparameters
     cuts = get_backbone(config.backbone).cuts_for([hparams.unfreeze_blocks])
-    cache = FeatureCache(Path(os.path.expanduser(str(cache_dir or config.cache_dir))))
+    cache = FeatureCache(str(cache_dir or config.cache_dir))
     bundle = cache.ensure(
         index,
         backbone=config.backbone,

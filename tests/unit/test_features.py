@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -153,15 +154,6 @@ def test_float16_entries_halve_the_size_and_keep_the_numbers(
     np.testing.assert_allclose(reduced.astype("float32"), single, rtol=1e-3, atol=1e-6)
 
 
-def test_a_damaged_entry_is_reported_with_its_path(shapes_data: Path, tmp_path: Path) -> None:
-    cache = FeatureCache(tmp_path / "cache")
-    ensure(cache, shapes_data, cuts=["block5_pool"])
-    entry = next(cache.entries_dir.iterdir())
-    (entry / "train_features.npy").write_bytes(b"not an npy file")
-    with pytest.raises(FeatureCacheError, match=str(entry)):
-        ensure(cache, shapes_data, cuts=["block5_pool"])
-
-
 def test_input_cut_holds_preprocessed_images(shapes_data: Path, tmp_path: Path) -> None:
     from keras.applications import vgg16
 
@@ -189,3 +181,62 @@ def test_random_init_features_are_keyed_by_keras_version() -> None:
     from core.backbones import weights_identity
 
     assert version("keras") in weights_identity("none", 0)
+
+
+def _warm(root: str, data: str, started: Any) -> int:
+    """One process's search preparation: wait for the start signal, then ensure."""
+    started.wait()
+    cache = FeatureCache(root)
+    ensure(cache, Path(data), cuts=["block5_pool"])
+    return len(cache.stats.misses)
+
+
+def test_concurrent_warmers_build_each_entry_once(shapes_data: Path, tmp_path: Path) -> None:
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    started = context.Manager().Event()
+    root = str(tmp_path / "cache")
+    with context.Pool(2) as pool:
+        results = [pool.apply_async(_warm, (root, str(shapes_data), started)) for _ in range(2)]
+        started.set()
+        misses = [result.get(timeout=300) for result in results]
+    assert misses == [1, 1], "both processes saw the entry missing at the start"
+    builds = FeatureCache(root).builds()
+    assert len(builds) == 1, f"the entry was built {len(builds)} times"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_damaged_entry_is_detected_and_rebuilt(
+    shapes_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    cache = FeatureCache(tmp_path / "cache")
+    first = ensure(cache, shapes_data, cuts=["block5_pool"])
+    expected = np.array(first.features("block5_pool", "train"))
+    target = next(cache.entries_dir.iterdir()) / "train_features.npy"
+    data = bytearray(target.read_bytes())
+    if damage == "truncate":
+        target.write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        data[-5] ^= 0xFF  # same size, one byte of the numbers altered
+        target.write_bytes(bytes(data))
+    with caplog.at_level("WARNING"):
+        again = ensure(FeatureCache(tmp_path / "cache"), shapes_data, cuts=["block5_pool"])
+    assert "rebuilding cache entry" in caplog.text and str(target) in caplog.text
+    assert len(cache.builds()) == 2
+    np.testing.assert_array_equal(again.features("block5_pool", "train"), expected)
+
+
+def test_a_cache_at_a_uri_is_reused_from_another_machine(shapes_data: Path, tmp_path: Path) -> None:
+    """A remote cache (here file://, any pyarrow URI works alike) serves a fresh mirror."""
+    uri = (tmp_path / "bucket").as_uri()
+    first = FeatureCache(uri, mirror_dir=tmp_path / "mirror-a")
+    built = ensure(first, shapes_data, cuts=["block5_pool"])
+    assert first.store.is_remote and len(first.stats.misses) == 1
+    later = FeatureCache(uri, mirror_dir=tmp_path / "mirror-b")  # a new cluster's empty mirror
+    reused = ensure(later, shapes_data, cuts=["block5_pool"])
+    assert later.stats.hits == first.stats.misses and not later.stats.misses
+    assert not later.builds(), "the second cluster extracted features again"
+    np.testing.assert_array_equal(
+        reused.features("block5_pool", "validation"), built.features("block5_pool", "validation")
+    )

@@ -1,11 +1,36 @@
-"""TensorFlow process settings for one trial or one training run."""
+"""TensorFlow process settings for one trial or one training run: threads and GPU memory."""
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
+
+GPU_MEMORY_SAFETY = 0.9
+"""Share of a trial's slice of GPU memory that TensorFlow may allocate.
+
+A hard limit covers TensorFlow's allocator only; the CUDA context, cuDNN and
+cuBLAS workspaces of each process come on top, so the slice is not handed
+over whole.
+"""
+
+
+@dataclass(frozen=True)
+class GpuMemorySetting:
+    """What one visible GPU got in this process.
+
+    Attributes:
+        device: TensorFlow's name for the physical device.
+        limit_mb: The hard memory limit in MiB, or None for memory growth.
+    """
+
+    device: str
+    limit_mb: int | None
 
 
 def quiet_tensorflow() -> None:
@@ -13,17 +38,27 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def configure_tensorflow(threads: int | None, *, memory_growth: bool = True) -> None:
-    """Matches TensorFlow's thread pools to the CPUs this process was given.
+def configure_tensorflow(
+    threads: int | None,
+    *,
+    gpu_fraction: float = 0.0,
+    gpu_memory_mb: int | None = None,
+) -> tuple[GpuMemorySetting, ...]:
+    """Matches TensorFlow's thread pools and GPU memory to what this process was given.
 
     Must run before TensorFlow executes its first op in the process; if it is
-    too late, the existing settings are kept and a debug line says so.
+    too late, the existing settings are kept and a log line says so.
 
     Args:
         threads: CPUs reserved for this process (None keeps TensorFlow's
             default of every core, which oversubscribes when trials share a node).
-        memory_growth: Let each visible GPU's memory grow on demand instead of
-            one process taking it all, so that trials can share a GPU.
+        gpu_fraction: GPUs reserved for this process, as Ray counts them
+            (a trial's ``gpus_per_trial``); see ``configure_gpu_memory``.
+        gpu_memory_mb: An explicit hard limit per visible GPU, in MiB; it
+            overrides the limit derived from ``gpu_fraction``.
+
+    Returns:
+        What each visible GPU got; empty on a machine without GPUs.
     """
     quiet_tensorflow()
     import tensorflow as tf
@@ -34,9 +69,163 @@ def configure_tensorflow(threads: int | None, *, memory_growth: bool = True) -> 
             tf.config.threading.set_inter_op_parallelism_threads(min(2, int(threads)))
         except RuntimeError as error:
             logger.debug("TensorFlow threads already fixed: %s", error)
-    if memory_growth:
-        for gpu in tf.config.list_physical_devices("GPU"):
-            try:
+    return configure_gpu_memory(gpu_fraction, memory_mb=gpu_memory_mb)
+
+
+def configure_gpu_memory(
+    fraction: float = 0.0, *, memory_mb: int | None = None
+) -> tuple[GpuMemorySetting, ...]:
+    """Keeps this process within its share of each visible GPU's memory.
+
+    Ray's GPU fractions are only bookkeeping: two trials with 0.5 GPU each run
+    on the same device, and TensorFlow by default maps nearly all of a GPU's
+    memory in the first process that touches it. So:
+
+    - a fraction strictly between 0 and 1 gets a hard limit of
+      ``fraction * total * GPU_MEMORY_SAFETY`` MiB on the (single) visible GPU;
+    - no fraction, or whole GPUs, get memory growth (allocate on demand);
+    - when the total cannot be read (no ``nvidia-smi``), memory growth with a
+      warning: trials then share the GPU first come, first served.
+
+    Must run before TensorFlow initializes its GPUs; without GPUs it does nothing.
+
+    Args:
+        fraction: GPUs reserved for this process (Ray's ``num_gpus``).
+        memory_mb: An explicit hard limit per visible GPU, in MiB.
+
+    Returns:
+        What each visible GPU got; empty on a machine without GPUs.
+    """
+    quiet_tensorflow()
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return ()
+    totals: Sequence[int | None] = [None] * len(gpus)
+    if memory_mb is None and 0.0 < fraction < 1.0:
+        totals = visible_gpu_memory_mb(len(gpus))
+    limits = plan_gpu_memory(len(gpus), fraction, totals, memory_mb=memory_mb)
+    if memory_mb is None and 0.0 < fraction < 1.0 and None in limits:
+        logger.warning(
+            "could not read the GPU's total memory (nvidia-smi): this process, which Ray "
+            "gave %.2f of a GPU, grows its memory on demand instead of keeping to its share",
+            fraction,
+        )
+    settings = []
+    for gpu, limit in zip(gpus, limits, strict=True):
+        try:
+            if limit is None:
                 tf.config.experimental.set_memory_growth(gpu, True)
-            except RuntimeError as error:
-                logger.debug("GPU memory growth already fixed: %s", error)
+            else:
+                tf.config.set_logical_device_configuration(
+                    gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=limit)]
+                )
+        except (RuntimeError, ValueError) as error:
+            # RuntimeError: TensorFlow already initialized its GPUs in this
+            # process (a reused worker); its earlier settings stand.
+            logger.warning("GPU memory of %s already fixed: %s", gpu.name, error)
+            continue
+        settings.append(GpuMemorySetting(device=gpu.name, limit_mb=limit))
+    return tuple(settings)
+
+
+def gpu_memory_limit_mb(
+    total_mb: float, fraction: float, *, safety: float = GPU_MEMORY_SAFETY
+) -> int | None:
+    """The hard memory limit for a process given ``fraction`` of a GPU.
+
+    Args:
+        total_mb: The GPU's total memory in MiB.
+        fraction: The share of the GPU the process was given.
+        safety: Share of the slice left to TensorFlow's allocator.
+
+    Returns:
+        The limit in MiB, or None when the process has the whole GPU (or
+        more, or no fraction at all) and should grow its memory instead.
+
+    Raises:
+        ValueError: A non-positive total, or a safety factor outside (0, 1].
+    """
+    if not 0.0 < fraction < 1.0:
+        return None
+    if total_mb <= 0:
+        raise ValueError(f"GPU total memory must be positive, got {total_mb} MiB")
+    if not 0.0 < safety <= 1.0:
+        raise ValueError(f"safety must be in (0, 1], got {safety}")
+    return max(1, int(total_mb * fraction * safety))
+
+
+def plan_gpu_memory(
+    gpu_count: int,
+    fraction: float,
+    totals_mb: Sequence[int | None],
+    *,
+    memory_mb: int | None = None,
+) -> list[int | None]:
+    """Per visible GPU, a hard limit in MiB, or None for memory growth.
+
+    Args:
+        gpu_count: GPUs TensorFlow sees in this process.
+        fraction: GPUs Ray reserved for this process.
+        totals_mb: Each visible GPU's total memory, None where unknown.
+        memory_mb: An explicit limit for every GPU; wins over ``fraction``.
+
+    Raises:
+        ValueError: A non-positive explicit limit, or totals that do not
+            match the GPU count.
+    """
+    if memory_mb is not None:
+        if memory_mb <= 0:
+            raise ValueError(f"gpu_memory_mb must be positive, got {memory_mb}")
+        return [int(memory_mb)] * gpu_count
+    if len(totals_mb) != gpu_count:
+        raise ValueError(f"{len(totals_mb)} GPU totals for {gpu_count} visible GPUs")
+    return [None if total is None else gpu_memory_limit_mb(total, fraction) for total in totals_mb]
+
+
+def visible_gpu_ids(environ: Mapping[str, str] | None = None) -> list[str] | None:
+    """The GPUs this process may use, from ``CUDA_VISIBLE_DEVICES`` (Ray sets it per trial).
+
+    Returns:
+        Indices or UUIDs as written, or None when the variable is unset (every GPU).
+    """
+    value = (os.environ if environ is None else environ).get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return None
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def parse_nvidia_smi_memory(output: str) -> list[int]:
+    """MiB per GPU from ``nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits``.
+
+    Raises:
+        ValueError: A line that is not a whole number of MiB.
+    """
+    return [int(float(line.strip())) for line in output.splitlines() if line.strip()]
+
+
+def visible_gpu_memory_mb(gpu_count: int) -> list[int | None]:
+    """Total memory of each GPU TensorFlow sees, in TensorFlow's order; None where unknown.
+
+    TensorFlow numbers the GPUs in ``CUDA_VISIBLE_DEVICES`` order, while
+    ``nvidia-smi`` ignores that variable, so the devices are asked for by id.
+    """
+    unknown: list[int | None] = [None] * gpu_count
+    executable = shutil.which("nvidia-smi")
+    if executable is None:
+        return unknown
+    ids = visible_gpu_ids()
+    command = [executable, "--query-gpu=memory.total", "--format=csv,noheader,nounits"]
+    if ids is not None:
+        command.append(f"--id={','.join(ids)}")
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=True)
+        totals = parse_nvidia_smi_memory(result.stdout)
+    except (OSError, subprocess.SubprocessError, ValueError) as error:
+        logger.debug("nvidia-smi gave no GPU memory: %s", error)
+        return unknown
+    if len(totals) != gpu_count:
+        logger.debug("nvidia-smi listed %d GPUs, TensorFlow sees %d", len(totals), gpu_count)
+        return unknown
+    return list(totals)

@@ -10,9 +10,12 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+from tests.integration.ray_head import RAY, ray_head
 
 pytestmark = pytest.mark.integration
 
@@ -137,44 +140,14 @@ def test_tune_export_train_evaluate_predict(
         assert 0.5 <= float(probability) <= 1.0
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_tune_joins_a_running_cluster_and_leaves_it_running(
-    shapes_data: Path, tmp_path: Path, ray_temp_dir: Path
+    shapes_data: Path, tmp_path: Path
 ) -> None:
-    ray = str(Path(sys.executable).parent / "ray")
-    import secrets
-
-    # Ray >= 2.52 secures clusters with a token; the test's cluster gets its own.
-    env = dict(
-        os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
-        PYTHONPATH=str(REPO), RAY_TMPDIR=str(ray_temp_dir),
-    )  # fmt: skip
-    address = f"127.0.0.1:{free_port()}"
-    subprocess.run(
-        [
-            ray,
-            "start",
-            "--head",
-            "--node-ip-address=127.0.0.1",
-            f"--port={address.split(':')[1]}",
-            "--num-cpus=2",
-            "--include-dashboard=false",
-            f"--temp-dir={ray_temp_dir}",
-            "--disable-usage-stats",
-        ],
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=180,
-    )
-    try:
+    # Ray's socket paths must stay under 107 characters: a short folder of its own.
+    temp_dir = Path(tempfile.mkdtemp(prefix="bt-head-", dir="/tmp"))
+    # ray_head stops only this head (`ray stop` would stop every Ray on the machine).
+    with ray_head(temp_dir, num_cpus=2, dashboard=False) as head:
+        env = dict(head.env, PYTHONPATH=str(REPO))
         run_dir = tmp_path / "run"
         settings = overrides(
             image_size=32, num_samples=2, max_epochs=1, head_epochs=1, grace_period=1,
@@ -182,18 +155,16 @@ def test_tune_joins_a_running_cluster_and_leaves_it_running(
         )  # fmt: skip
         tuned = bottletune(
             "tune", "--data", str(shapes_data), "--out", str(run_dir), "--config", "demo",
-            "--address", address, "--quiet", *settings, env=env, cwd=tmp_path,
+            "--address", head.address, "--quiet", *settings, env=env, cwd=tmp_path,
         )  # fmt: skip
         assert "best trial" in tuned.stdout
         results = json.loads((run_dir / "results.json").read_text())
         assert len(results["trials"]) == 2
         status = subprocess.run(
-            [ray, "status", "--address", address],
+            [RAY, "status", "--address", head.address],
             env=env,
             capture_output=True,
             text=True,
             timeout=120,
         )
         assert status.returncode == 0 and "Active" in status.stdout, status.stderr[-2000:]
-    finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)

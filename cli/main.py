@@ -12,6 +12,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from cli.cache_commands import add_cache_parser, run_cache_command
+
 logger = logging.getLogger("bottletune")
 
 
@@ -25,8 +27,19 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     tune = commands.add_parser("tune", help="run a search")
-    tune.add_argument("--data", required=True, help="dataset directory")
-    tune.add_argument("--out", required=True, help="new run directory for results")
+    tune.add_argument("--data", help="dataset directory (with --resume: default, the run's)")
+    tune.add_argument("--out", help="new run directory for results")
+    tune.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted search: finished trials are kept, unfinished ones "
+        "resume from their last checkpoint",
+    )
+    tune.add_argument(
+        "--force",
+        action="store_true",
+        help="with --resume: go on even if the data, space or config differ from the run's",
+    )
     tune.add_argument("--config", help="YAML config file or preset name from configs/")
     tune.add_argument(
         "--set",
@@ -85,23 +98,49 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace train/validation/test folders already in OUT",
     )
+    add_cache_parser(commands)
     return parser
 
 
 def _tune(args: argparse.Namespace) -> int:
     from tuning.config import load_config, parse_overrides
-    from tuning.search import run_search
+    from tuning.search import resume_search, run_search
 
-    config = load_config(args.config, parse_overrides(args.overrides))
-    result = run_search(
-        config,
-        args.data,
-        args.out,
-        address=args.address,
-        num_cpus=args.num_cpus,
-        num_gpus=args.num_gpus,
-        progress=not args.quiet,
-    )
+    if args.resume:
+        if args.out:
+            raise ValueError("--out: a resumed search writes to its own run directory")
+        from pathlib import Path
+
+        from tuning.search import CONFIG_FILE
+
+        # --set alone changes the run's own config; --config replaces it.
+        base = args.config or Path(args.resume) / CONFIG_FILE
+        given = args.config is not None or bool(args.overrides)
+        result = resume_search(
+            args.resume,
+            data_dir=args.data,
+            config=load_config(base, parse_overrides(args.overrides)) if given else None,
+            force=args.force,
+            address=args.address,
+            num_cpus=args.num_cpus,
+            num_gpus=args.num_gpus,
+            progress=not args.quiet,
+        )
+    else:
+        if not args.data or not args.out:
+            raise ValueError("--data and --out are required (or --resume RUN_DIR)")
+        if args.force:
+            raise ValueError("--force only applies to --resume")
+        config = load_config(args.config, parse_overrides(args.overrides))
+        result = run_search(
+            config,
+            args.data,
+            args.out,
+            address=args.address,
+            num_cpus=args.num_cpus,
+            num_gpus=args.num_gpus,
+            progress=not args.quiet,
+        )
     best = result.best
     print(
         f"best trial {best['trial_id']}: val_accuracy={best['val_accuracy']:.4f} "
@@ -192,6 +231,7 @@ COMMANDS = {
     "evaluate": _evaluate,
     "predict": _predict,
     "make-demo-data": _make_demo_data,
+    "cache": run_cache_command,
 }
 
 # Errors a user can fix: printed as one line, no traceback.

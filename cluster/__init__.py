@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cluster.object_store import share_with_trials
+from cluster.object_store import SharedFeatures, share_features, share_with_trials
 from cluster.runtime import (
     ClusterInfo,
     NodeResources,
@@ -15,9 +15,11 @@ from cluster.runtime import (
 __all__ = [
     "ClusterInfo",
     "NodeResources",
+    "SharedFeatures",
     "check_trial_fits",
     "connect",
     "prefer_loopback",
+    "share_features",
     "share_with_trials",
     "shutdown",
 ]

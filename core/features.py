@@ -37,7 +37,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ import numpy as np
 
 from core.backbones import INPUT_CUT, get_backbone, weights_identity
 from core.cache_store import CacheStoreError, CorruptEntryError, EntryStore
-from core.data import DatasetIndex, iter_image_batches
+from core.data import DatasetIndex, LoadedImages, iter_image_batches
 
 logger = logging.getLogger(__name__)
 
@@ -360,6 +360,7 @@ class FeatureCache:
         seed: int = 0,
         batch_size: int = 32,
         progress: bool = True,
+        images: Mapping[str, LoadedImages] | None = None,
     ) -> FeatureBundle:
         """Returns features for every cut (and views), computing only the missing ones.
 
@@ -380,6 +381,9 @@ class FeatureCache:
             seed: Random-init seed when ``weights`` is "none".
             batch_size: Images per forward pass.
             progress: Show a progress bar while computing.
+            images: The decoded training and validation images, when the caller
+                has them (e.g. sent by the driver to a Ray task on another node);
+                otherwise they are decoded from disk, overlapped with the model.
         """
         keys = self.keys_for(
             index,
@@ -396,7 +400,7 @@ class FeatureCache:
         for key in keys:
             (self.stats.misses if key in missing else self.stats.hits).append(key.name)
         if missing:
-            self._build_locked(index, weights, seed, missing, batch_size, progress)
+            self._build_locked(index, weights, seed, missing, batch_size, progress, images)
         bundle = FeatureBundle(
             backbone=backbone, image_size=image_size, class_names=index.class_names, labels={}
         )
@@ -406,7 +410,7 @@ class FeatureCache:
             except CorruptEntryError as error:
                 logger.warning("%s: rebuilding cache entry %s", error, key.name)
                 self.store.discard(key.name)
-                self._build_locked(index, weights, seed, [key], batch_size, progress)
+                self._build_locked(index, weights, seed, [key], batch_size, progress, images)
                 features, labels = self.load(key)
             if not bundle.labels:
                 bundle.labels = labels
@@ -430,6 +434,7 @@ class FeatureCache:
         missing: list[FeatureKey],
         batch_size: int,
         progress: bool,
+        images: Mapping[str, LoadedImages] | None = None,
     ) -> None:
         """Builds the missing entries while holding their locks (in name order, no deadlock).
 
@@ -446,7 +451,7 @@ class FeatureCache:
                     len(missing) - len(still_missing),
                 )
             if still_missing:
-                self._build(index, weights, seed, still_missing, batch_size, progress)
+                self._build(index, weights, seed, still_missing, batch_size, progress, images)
 
     def _build(
         self,
@@ -456,6 +461,7 @@ class FeatureCache:
         missing: list[FeatureKey],
         batch_size: int,
         progress: bool,
+        decoded: Mapping[str, LoadedImages] | None = None,
     ) -> None:
         from tqdm.auto import tqdm
 
@@ -489,8 +495,7 @@ class FeatureCache:
                 chunks: list[np.ndarray] = []
                 label_chunks: list[np.ndarray] = []
                 per_cut: dict[str, list[np.ndarray]] = {key.cut: [] for key in plain}
-                # Decoding runs in background threads while the model runs.
-                for batch in iter_image_batches(index.splits[split], first.image_size, batch_size):
+                for batch in _image_batches(index, split, first.image_size, batch_size, decoded):
                     if plain and len(batch.images):
                         for cut, value in extractor(batch.images, [k.cut for k in plain]).items():
                             per_cut[cut].append(value)
@@ -526,6 +531,28 @@ class FeatureCache:
                         seconds,
                     )
         extractor.close()
+
+
+def _image_batches(
+    index: DatasetIndex,
+    split: str,
+    image_size: int,
+    batch_size: int,
+    decoded: Mapping[str, LoadedImages] | None,
+) -> Iterator[LoadedImages]:
+    """Batches of one split: sliced from decoded images, or decoded from disk meanwhile."""
+    if decoded is None:
+        # Decoding runs in background threads while the model runs.
+        yield from iter_image_batches(index.splits[split], image_size, batch_size)
+        return
+    loaded = decoded[split]
+    if loaded.images.shape[1:3] != (image_size, image_size):
+        raise FeatureCacheError(
+            f"decoded {split} images are {loaded.images.shape[1]} px, not {image_size} px"
+        )
+    for start in range(0, len(loaded.images), batch_size):
+        rows = slice(start, start + batch_size)
+        yield LoadedImages(loaded.images[rows], loaded.labels[rows], loaded.paths[rows])
 
 
 def view_augmentation(augmentation: float, view: int) -> Any:

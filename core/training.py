@@ -21,7 +21,7 @@ import keras
 import numpy as np
 
 from core.backbones import build_backbone, get_backbone
-from core.features import FeatureBundle
+from core.features import FeatureBundle, view_name
 from core.hyperparameters import Hyperparameters, TrainingSetup
 from core.model import build_finetune_model, build_head, build_inference_model, loss_for
 
@@ -91,6 +91,19 @@ def run_batches(
     if count == 0:
         raise ValueError("no batches: the split is empty")
     return {name: total / count for name, total in totals.items()}
+
+
+def entries_for(hparams: Hyperparameters, backbone: str) -> tuple[list[str], list[str]]:
+    """The cached entries one trial reads: (cut names, view names of ``FeatureBundle.views``).
+
+    The top cut (phase 1) and the cut below the unfrozen blocks (phase 2), plus
+    their augmented views when the trial augments.
+    """
+    spec = get_backbone(backbone)
+    cuts = list(dict.fromkeys([spec.top_cut, spec.cut_for(hparams.unfreeze_blocks)]))
+    if hparams.augmentation <= 0:
+        return cuts, []
+    return cuts, [view_name(cut, hparams.augmentation) for cut in cuts]
 
 
 class RecipeTrainer:

@@ -66,6 +66,9 @@ class SearchConfig:
             augmentation strength; each epoch an augmented trial draws one.
         feature_dtype: How cached features are stored and shared: "float16"
             (half the disk and memory) or "float32".
+        storage_path: Where Ray Tune keeps trials and checkpoints ("": the run
+            directory). On several nodes, shared storage or a URI (s3://, gs://)
+            every node reaches.
     """
 
     backbone: str = "vgg16"
@@ -93,6 +96,7 @@ class SearchConfig:
     max_failures: int = 0
     augmentation_views: int = 8
     feature_dtype: str = "float16"
+    storage_path: str = ""
 
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):

@@ -54,21 +54,23 @@ class SavedRun:
     space: SearchSpace
     data_path: str
     fingerprint: str
+    experiment: str
 
 
 def write_manifest(
-    run_dir: Path, data_path: str | Path, fingerprint: str, space: SearchSpace
+    run_dir: Path, data_path: str | Path, fingerprint: str, space: SearchSpace, experiment: str
 ) -> None:
-    """Records the data and the space of a search that is about to start."""
+    """Records the data, the space and the experiment's location of a search about to start."""
     manifest = {
         "dataset": {"path": str(Path(data_path).absolute()), "fingerprint": fingerprint},
         "space": space.to_dict(),
+        "experiment": experiment,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     (run_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-def load_run(run_dir: str | Path, config_file: str, trials_dir: str) -> SavedRun:
+def load_run(run_dir: str | Path, config_file: str) -> SavedRun:
     """Reads a run directory back for ``--resume``.
 
     Raises:
@@ -80,20 +82,21 @@ def load_run(run_dir: str | Path, config_file: str, trials_dir: str) -> SavedRun
         raise ResumeError(
             f"{run_dir} is not a bottletune run directory that can be resumed (no {MANIFEST_FILE})"
         )
-    if not (run_dir / trials_dir).is_dir():
-        raise ResumeError(
-            f"{run_dir}: the search never started its trials (no {trials_dir}/); "
-            "start it again in a new directory"
-        )
     try:
         manifest: dict[str, Any] = json.loads(manifest_path.read_text())
         space = space_from_mapping(manifest["space"], source=str(manifest_path))
         dataset = manifest["dataset"]
         data_path, fingerprint = str(dataset["path"]), str(dataset["fingerprint"])
+        experiment = str(manifest["experiment"])
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ResumeError(f"{manifest_path}: unreadable ({error})") from error
+    if "://" not in experiment and not Path(experiment).is_dir():
+        raise ResumeError(
+            f"{run_dir}: the search never started its trials ({experiment} does not exist); "
+            "start it again in a new directory"
+        )
     config = load_config(run_dir / config_file)
-    return SavedRun(run_dir, config, space, data_path, fingerprint)
+    return SavedRun(run_dir, config, space, data_path, fingerprint, experiment)
 
 
 def check_resume(

@@ -12,16 +12,18 @@ import logging
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from core.backbones import get_backbone, weights_identity
-from core.data import DatasetIndex, scan_dataset
-from core.features import CacheStats, FeatureBundle, FeatureCache
+from core.data import DatasetIndex, LoadedImages, load_images, scan_dataset
+from core.features import CACHED_SPLITS, CacheStats, FeatureBundle, FeatureCache, is_uri
 from core.hyperparameters import Hyperparameters, TrainingSetup
 from search_spaces import SearchSpace, SpaceError, load_space, to_optuna
 from tuning.config import SearchConfig, write_config
+from tuning.monitoring import export_search_metrics
 from tuning.resume import SavedRun, check_resume, load_run, write_manifest
 from tuning.samplers import make_sampler
 from tuning.trainable import TrialContext, recipe_trainable
@@ -71,25 +73,112 @@ def prepare_features(
     space: SearchSpace,
     *,
     progress: bool = True,
+    index: DatasetIndex | None = None,
+    images: Mapping[str, LoadedImages] | None = None,
 ) -> tuple[DatasetIndex, FeatureBundle, CacheStats]:
-    """Scans the data and makes sure every entry the search needs is cached."""
-    index = scan_dataset(data_dir, config.validation_fraction, config.seed)
-    cuts, augmentations = needed_cuts(space, config.backbone)
-    cache = FeatureCache(config.cache_path)
+    """Scans the data (unless ``index`` is given) and makes sure every entry is cached.
+
+    Args:
+        images: Decoded train/validation images to extract from instead of the files.
+    """
+    if index is None:
+        index = scan_dataset(data_dir, config.validation_fraction, config.seed)
+    cache = FeatureCache(config.cache_location)
     bundle = cache.ensure(
-        index,
-        backbone=config.backbone,
-        weights=config.weights,
-        image_size=config.image_size,
-        cuts=cuts,
-        augmentations=augmentations,
-        views=config.augmentation_views,
-        dtype=config.feature_dtype,
-        seed=config.seed,
-        batch_size=config.batch_size,
-        progress=progress,
+        index, **_cache_arguments(config, space), progress=progress, images=images
     )
     return index, bundle, cache.stats
+
+
+def _cache_arguments(config: SearchConfig, space: SearchSpace) -> dict[str, Any]:
+    cuts, augmentations = needed_cuts(space, config.backbone)
+    return {
+        "backbone": config.backbone,
+        "weights": config.weights,
+        "image_size": config.image_size,
+        "cuts": cuts,
+        "augmentations": augmentations,
+        "views": config.augmentation_views,
+        "dtype": config.feature_dtype,
+        "seed": config.seed,
+        "batch_size": config.batch_size,
+    }
+
+
+@dataclass
+class ClusterBuild:
+    """Where the search's features were prepared, by the Ray task that prepared them."""
+
+    stats: CacheStats
+    pid: int
+    node: str
+    gpu_ids: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pid": self.pid, "node": self.node, "gpu_ids": self.gpu_ids}
+
+
+def build_features_on_cluster(
+    config: SearchConfig,
+    index: DatasetIndex,
+    space: SearchSpace,
+    info: Any,
+    *,
+    progress: bool = True,
+) -> ClusterBuild | None:
+    """Builds every missing cache entry in a Ray task, before any trial starts.
+
+    The task asks for a whole GPU when any node has one, so extraction runs on
+    a GPU node of a cluster; it runs once (``max_calls=1``: its process, with
+    the backbone in memory, exits afterwards). The driver decodes the images
+    and sends them through the object store, so the data only has to be where
+    the driver is; the cache must be shared storage or a URI on several nodes.
+
+    Returns:
+        Who built what, or None when everything was cached already.
+    """
+    import ray
+
+    cache = FeatureCache(config.cache_location)
+    arguments = _cache_arguments(config, space)
+    del arguments["batch_size"]  # how entries are built, not which
+    keys = cache.keys_for(index, **arguments)
+    if all(cache.has(key) for key in keys):
+        return None
+    decoded = {
+        split: load_images(index.splits[split], config.image_size, progress=progress)
+        for split in CACHED_SPLITS
+    }
+    gpus = 1 if any(node.gpus >= 1 for node in info.nodes) else 0
+    task = ray.remote(num_cpus=1, num_gpus=gpus, max_calls=1)(_prepare_in_task)
+    stats, pid, node, gpu_ids = ray.get(
+        task.remote(config, index, space.to_dict(), ray.put(decoded), progress)
+    )
+    logger.info(
+        "features prepared on node %s (pid %d, GPUs %s): %d built, %d cached",
+        node,
+        pid,
+        gpu_ids or "none",
+        len(stats.misses),
+        len(stats.hits),
+    )
+    return ClusterBuild(stats, pid, node, [str(gpu) for gpu in gpu_ids])
+
+
+def _prepare_in_task(
+    config: SearchConfig,
+    index: DatasetIndex,
+    space: dict[str, Any],
+    images: dict[str, LoadedImages],
+    progress: bool,
+) -> tuple[CacheStats, int, str, list[Any]]:
+    import ray
+
+    # TensorFlow keeps its default threads: no trial runs until this task is done.
+    _, _, stats = prepare_features(
+        config, index.root, load_space(space), progress=progress, index=index, images=images
+    )
+    return stats, os.getpid(), ray.util.get_node_ip_address(), list(ray.get_gpu_ids())
 
 
 def run_search(
@@ -122,7 +211,14 @@ def run_search(
     Returns:
         The best trial, every trial's summary and the cache's hits and misses.
     """
-    from cluster import check_trial_fits, connect, prefer_loopback, share_with_trials, shutdown
+    from cluster import (
+        check_trial_fits,
+        connect,
+        prefer_loopback,
+        share_features,
+        share_with_trials,
+        shutdown,
+    )
 
     if address is None:
         prefer_loopback()  # before ray is imported
@@ -150,13 +246,17 @@ def run_search(
             config.grace_period,
             config.head_epochs,
         )
-    index, bundle, stats = prepare_features(config, data_dir, space, progress=progress)
+    # Bad data or a bad space fail here, before Ray starts.
+    index = scan_dataset(data_dir, config.validation_fraction, config.seed)
+    needed_cuts(space, config.backbone)
 
     if resume is None:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_config(config, run_dir / CONFIG_FILE)
         (run_dir / SPACE_FILE).write_text(_yaml(space.to_dict()))
-        write_manifest(run_dir, data_dir, index.fingerprint, space)
+        write_manifest(
+            run_dir, data_dir, index.fingerprint, space, experiment_location(config, run_dir)
+        )
 
     info = connect(
         address,
@@ -172,6 +272,20 @@ def run_search(
         logger.info("Ray dashboard: %s", info.dashboard_url)
     try:
         check_trial_fits(info, config.cpus_per_trial, config.gpus_per_trial)
+        built = build_features_on_cluster(config, index, space, info, progress=progress)
+        index, bundle, loaded = prepare_features(
+            config, data_dir, space, progress=progress, index=index
+        )
+        if built is not None and loaded.misses:
+            logger.warning(
+                "the driver had to build %d cache entries the cluster task had built: the "
+                "cache %s is not shared between the nodes; use shared storage or a URI "
+                "(s3://, gs://) as cache_dir",
+                len(loaded.misses),
+                config.cache_location,
+            )
+        stats = built.stats if built is not None else loaded
+        export_search_metrics(stats)
         setup = TrainingSetup(
             backbone=config.backbone,
             weights=config.weights,
@@ -180,9 +294,13 @@ def run_search(
             head_epochs=config.head_epochs,
             seed=config.seed,
         )
-        context = TrialContext(setup=setup, cpus_per_trial=config.cpus_per_trial)
+        context = TrialContext(
+            setup=setup,
+            cpus_per_trial=config.cpus_per_trial,
+            gpus_per_trial=config.gpus_per_trial,
+        )
         trainable = tune.with_resources(
-            share_with_trials(recipe_trainable, bundle=bundle, context=context),
+            share_with_trials(recipe_trainable, features=share_features(bundle), context=context),
             {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial},
         )
         del bundle  # the object store holds it now; the driver needs no copy
@@ -195,7 +313,7 @@ def run_search(
             # finished, unfinished and errored ones continue from their
             # last checkpoint.
             tuner = tune.Tuner.restore(
-                str(run_dir / TRIALS_DIR),
+                resume.experiment,
                 trainable=trainable,
                 resume_unfinished=True,
                 resume_errored=True,
@@ -254,7 +372,12 @@ def run_search(
             "augmentation_views": config.augmentation_views,
             "feature_dtype": config.feature_dtype,
         },
-        "cache": {"dir": str(config.cache_path), "hits": stats.hits, "misses": stats.misses},
+        "cache": {
+            "dir": config.cache_location,
+            "hits": stats.hits,
+            "misses": stats.misses,
+            "built_by": built.to_dict() if built is not None else None,
+        },
         "cluster": {"address": info.address, "nodes": [n.address for n in info.nodes]},
         "best_trial_id": best["trial_id"],
         "trials": trials,
@@ -291,7 +414,7 @@ def resume_search(
     Raises:
         ResumeError: When the run cannot be resumed, or differs and ``force`` is off.
     """
-    saved = load_run(run_dir, CONFIG_FILE, TRIALS_DIR)
+    saved = load_run(run_dir, CONFIG_FILE)
     data = Path(data_dir) if data_dir is not None else Path(saved.data_path)
     effective = config or saved.config
     index = scan_dataset(data, effective.validation_fraction, effective.seed)
@@ -314,6 +437,28 @@ def resume_search(
         progress=progress,
         resume=saved,
     )
+
+
+def experiment_location(config: SearchConfig, run_dir: Path) -> str:
+    """Where Ray Tune keeps a search's trials: ``RUN_DIR/trials``, or under ``storage_path``.
+
+    On several nodes, every node must reach it: ``storage_path`` then names
+    shared storage (NFS, EFS, a mounted volume) or a URI (``s3://``, ``gs://``).
+    """
+    return f"{_storage_root(config, run_dir)}/{_experiment_name(config, run_dir)}"
+
+
+def _storage_root(config: SearchConfig, run_dir: Path) -> str:
+    if not config.storage_path:
+        return str(run_dir)
+    if is_uri(config.storage_path):
+        return config.storage_path.rstrip("/")
+    return str(Path(os.path.expanduser(config.storage_path)).absolute())
+
+
+def _experiment_name(config: SearchConfig, run_dir: Path) -> str:
+    """``trials`` inside the run directory; the run's own name under a shared storage_path."""
+    return run_dir.name if config.storage_path else TRIALS_DIR
 
 
 def _current_space(source: str, *, required: bool) -> SearchSpace | None:
@@ -353,8 +498,8 @@ def _new_tuner(
             trial_dirname_creator=trial_name,
         ),
         run_config=tune.RunConfig(
-            name=TRIALS_DIR,
-            storage_path=str(run_dir),
+            name=_experiment_name(config, run_dir),
+            storage_path=_storage_root(config, run_dir),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=config.max_failures),
             verbose=1 if progress else 0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -62,10 +63,14 @@ def test_search_computes_features_once_and_a_second_search_reuses_them(
     config = small_config(tmp_path)
     first = run_search(config, shapes_data, tmp_path / "run1", progress=False)
 
-    cache = FeatureCache(config.cache_path)
+    cache = FeatureCache(config.cache_location)
     built = sorted(build["cut"] for build in cache.builds())
     assert built == ["block3_pool", "block4_pool", "block5_pool"]
     assert len(first.cache.misses) == 3 and not first.cache.hits
+    # A Ray task holding a (fake) GPU built them, not the driver.
+    built_by = json.loads((tmp_path / "run1" / "results.json").read_text())["cache"]["built_by"]
+    assert built_by["pid"] != os.getpid() and built_by["gpu_ids"]
+    assert {build["pid"] for build in cache.builds()} == {built_by["pid"]}
 
     # Every trial reported, and every trial (including those ASHA stopped) was
     # told to the Optuna study with its value, so the sampler learns from it.
@@ -128,3 +133,32 @@ def test_impossible_requests_fail_before_any_trial_runs(
     with pytest.raises(SearchError, match="not empty"):
         run_search(small_config(tmp_path), shapes_data, occupied, progress=False)
     assert (occupied / "notes.txt").read_text() == "mine"
+
+
+def test_trials_fetch_only_their_own_entries_zero_copy(
+    local_ray: None, shapes_data: Path, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    from cluster import share_features
+    from core.data import scan_dataset
+    from core.hyperparameters import Hyperparameters
+    from core.training import entries_for
+
+    bundle = FeatureCache(tmp_path / "cache").ensure(
+        scan_dataset(shapes_data), backbone="vgg16", weights="none", image_size=32,
+        cuts=["block5_pool", "block4_pool"], augmentations=[0.5], views=2, progress=False,
+    )  # fmt: skip
+    shared = share_features(bundle)
+    augmented = shared.fetch(
+        *entries_for(Hyperparameters(unfreeze_blocks=1, augmentation=0.5), "vgg16")
+    )
+    assert set(augmented.cuts) == {"block5_pool", "block4_pool"}
+    assert set(augmented.views) == {"block5_pool@0.5", "block4_pool@0.5"}
+    head_only = shared.fetch(*entries_for(Hyperparameters(), "vgg16"))
+    assert set(head_only.cuts) == {"block5_pool"} and not head_only.views
+    # Read-only arrays straight from the object store's shared memory, not copies.
+    features = augmented.cuts["block4_pool"]["train"]
+    assert not features.flags.writeable and not features.flags.owndata
+    np.testing.assert_array_equal(features, bundle.cuts["block4_pool"]["train"])
+    assert len(augmented.views["block4_pool@0.5"]) == 2

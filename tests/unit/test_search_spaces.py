@@ -811,3 +811,11 @@ def test_optuna_define_by_run_survives_pickling() -> None:
         }
     )
     assert restored(trial) == to_optuna(space)(trial)
+
+
+def test_recipe_preset_is_the_write_ups_advice() -> None:
+    space = load_space("recipe")
+    assert space.unfreeze_block_values() == [0, 1, 2]
+    assert space.augmentation_levels() == [0.5, 1.0]
+    dropout = space.get("dropout")
+    assert dropout is not None and dropout.low == 0.2

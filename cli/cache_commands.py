@@ -129,7 +129,11 @@ def warm(args: argparse.Namespace) -> int:
     if args.cache_dir is not None:
         config = config.replace(cache_dir=args.cache_dir)
     _, _, stats = prepare_features(
-        config, args.data, load_space(config.space), progress=not args.quiet
+        config,
+        args.data,
+        load_space(config.space),
+        progress=not args.quiet,
+        mirror_dir=args.mirror_dir,
     )
     for name in stats.misses:
         print(f"built   {name}")

@@ -496,8 +496,10 @@ class _RemoteRoot:
             ):
                 shutil.copyfileobj(source, sink, CHUNK_BYTES)
         except OSError as error:
-            raise CorruptEntryError(
-                f"{self.display}/entries/{relative}: download failed: {error}", target
+            # A transfer failure (throttling, a reset, a full disk) says nothing
+            # about the entry: it must not be discarded as damaged.
+            raise CacheStoreError(
+                f"{self.display}/entries/{relative}: download failed: {error}"
             ) from error
 
     def upload(self, name: str, folder: Path) -> None:

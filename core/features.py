@@ -55,6 +55,9 @@ CACHED_SPLITS = ("train", "validation")
 FEATURE_DTYPES = ("float16", "float32")
 DEFAULT_VIEWS = 8
 """Augmented views per training image and strength, unless configured otherwise."""
+VIEW_CHUNK = 32
+"""Images augmented per call when a view is built (part of what makes a view reproducible)."""
+FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 class FeatureCacheError(ValueError):
@@ -288,6 +291,7 @@ class FeatureCache:
         """Writes one entry atomically, as ``key.dtype``, and records the build."""
         arrays: dict[str, np.ndarray] = {}
         for split, array in features.items():
+            _check_representable(array, key, split)
             arrays[f"{split}_features"] = np.ascontiguousarray(array, dtype=key.dtype)
             arrays[f"{split}_labels"] = labels[split].astype(np.int32)
         created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -441,6 +445,8 @@ class FeatureCache:
         Another process may have built some of them while this one waited for
         their locks: those are read, not built again.
         """
+        # Staging folders of builds killed more than an hour ago are debris.
+        self.store.clean_staging()
         with contextlib.ExitStack() as locks:
             for key in sorted(missing, key=lambda k: k.name):
                 locks.enter_context(self.store.lock(key.name))
@@ -515,8 +521,10 @@ class FeatureCache:
                 view_outputs: dict[str, list[np.ndarray]] = {key.cut: [] for key in keys}
                 augment = view_augmentation(augmentation, view)
                 train = images["train"]
-                for start in range(0, len(train), batch_size):
-                    rows = train[start : start + batch_size]
+                # Fixed chunks, not batch_size: seeded Keras layers draw per
+                # call, so a view's numbers must not depend on the batch size.
+                for start in range(0, len(train), VIEW_CHUNK):
+                    rows = train[start : start + VIEW_CHUNK]
                     outputs_of_view = extractor(rows, [key.cut for key in keys], augment=augment)
                     for cut, value in outputs_of_view.items():
                         view_outputs[cut].append(value)
@@ -553,6 +561,18 @@ def _image_batches(
     for start in range(0, len(loaded.images), batch_size):
         rows = slice(start, start + batch_size)
         yield LoadedImages(loaded.images[rows], loaded.labels[rows], loaded.paths[rows])
+
+
+def _check_representable(array: np.ndarray, key: FeatureKey, split: str) -> None:
+    """Refuses features that float16 would turn into inf (every trial would get NaN losses)."""
+    if key.dtype != "float16" or not array.size:
+        return
+    largest = float(np.max(np.abs(array)))
+    if not largest <= FLOAT16_MAX:
+        raise FeatureCacheError(
+            f"cache entry {key.name}, {split} features: values up to {largest:.4g} do not fit "
+            f"float16 (max {FLOAT16_MAX:.0f}); set feature_dtype: float32"
+        )
 
 
 def view_augmentation(augmentation: float, view: int) -> Any:

@@ -181,6 +181,15 @@ class SearchConfig:
             self.feature_dtype,
             f"one of {', '.join(FEATURE_DTYPES)}",
         )
+        for key in ("cache_dir", "storage_path"):
+            location = getattr(self, key)
+            if is_uri(location) and "@" in location.split("://", 1)[1].split("/", 1)[0]:
+                raise ConfigError(
+                    f"{key}: credentials in the URI would be written to config.yaml, "
+                    "results.json and the logs; give them through the environment (e.g. "
+                    "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or an instance profile",
+                    key,
+                )
         if not self.weights:
             raise ConfigError(
                 "weights='': expected imagenet, none or a weights file path", "weights"

@@ -25,16 +25,15 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_FILE = "search.json"
 
-# Keys that say how a search runs, not what it searches: they may change on resume.
+# Keys that say how the driver runs, not what the search does: they may change
+# on resume. (Ray Tune restores its own settings, such as max_failures,
+# max_concurrent_trials and time_budget_s, as saved; changing those is refused.)
 RUNTIME_KEYS = frozenset(
     {
-        "max_failures",
         "include_dashboard",
         "dashboard_host",
         "dashboard_port",
         "object_store_memory",
-        "max_concurrent_trials",
-        "time_budget_s",
         "cache_dir",
         "batch_size",
     }

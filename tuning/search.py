@@ -75,15 +75,17 @@ def prepare_features(
     progress: bool = True,
     index: DatasetIndex | None = None,
     images: Mapping[str, LoadedImages] | None = None,
+    mirror_dir: str | None = None,
 ) -> tuple[DatasetIndex, FeatureBundle, CacheStats]:
     """Scans the data (unless ``index`` is given) and makes sure every entry is cached.
 
     Args:
         images: Decoded train/validation images to extract from instead of the files.
+        mirror_dir: Local mirror of a remote cache (default under ~/.cache).
     """
     if index is None:
         index = scan_dataset(data_dir, config.validation_fraction, config.seed)
-    cache = FeatureCache(config.cache_location)
+    cache = FeatureCache(config.cache_location, mirror_dir=mirror_dir)
     bundle = cache.ensure(
         index, **_cache_arguments(config, space), progress=progress, images=images
     )
@@ -139,21 +141,30 @@ def build_features_on_cluster(
     """
     import ray
 
+    # The task resolves nothing relative to its own working directory.
+    config = config.replace(cache_dir=config.cache_location)
     cache = FeatureCache(config.cache_location)
     arguments = _cache_arguments(config, space)
     del arguments["batch_size"]  # how entries are built, not which
-    keys = cache.keys_for(index, **arguments)
-    if all(cache.has(key) for key in keys):
+    missing = [key for key in cache.keys_for(index, **arguments) if not cache.has(key)]
+    if not missing:
         return None
-    decoded = {
-        split: load_images(index.splits[split], config.image_size, progress=progress)
-        for split in CACHED_SPLITS
-    }
     gpus = 1 if any(node.gpus >= 1 for node in info.nodes) else 0
     task = ray.remote(num_cpus=1, num_gpus=gpus, max_calls=1)(_prepare_in_task)
-    stats, pid, node, gpu_ids = ray.get(
-        task.remote(config, index, space.to_dict(), ray.put(decoded), progress)
-    )
+    # First from the files, when the task's node sees the same data (one machine,
+    # or shared storage): decoding then overlaps the model.
+    outcome = ray.get(task.remote(config, index, space.to_dict(), None, progress))
+    if outcome is None:
+        splits = CACHED_SPLITS if any(not key.is_view for key in missing) else ("train",)
+        logger.info("the data is not on the extraction node; sending the decoded images")
+        decoded = {
+            split: load_images(index.splits[split], config.image_size, progress=progress)
+            for split in splits
+        }
+        outcome = ray.get(task.remote(config, index, space.to_dict(), ray.put(decoded), progress))
+    if outcome is None:
+        raise SearchError("the feature-extraction task could not read the images it was sent")
+    stats, pid, node, gpu_ids = outcome
     logger.info(
         "features prepared on node %s (pid %d, GPUs %s): %d built, %d cached",
         node,
@@ -169,16 +180,30 @@ def _prepare_in_task(
     config: SearchConfig,
     index: DatasetIndex,
     space: dict[str, Any],
-    images: dict[str, LoadedImages],
+    images: dict[str, LoadedImages] | None,
     progress: bool,
-) -> tuple[CacheStats, int, str, list[Any]]:
+) -> tuple[CacheStats, int, str, list[Any]] | None:
+    """Builds the missing entries on this node; None when it needs the images sent."""
     import ray
 
+    if images is None and not _same_data_here(index, config):
+        return None
     # TensorFlow keeps its default threads: no trial runs until this task is done.
     _, _, stats = prepare_features(
         config, index.root, load_space(space), progress=progress, index=index, images=images
     )
     return stats, os.getpid(), ray.util.get_node_ip_address(), list(ray.get_gpu_ids())
+
+
+def _same_data_here(index: DatasetIndex, config: SearchConfig) -> bool:
+    """Whether this node reads the driver's dataset at the same path, byte for byte."""
+    if not Path(index.root).is_dir():
+        return False
+    try:
+        here = scan_dataset(index.root, config.validation_fraction, config.seed)
+    except ValueError:
+        return False
+    return here.fingerprint == index.fingerprint
 
 
 def run_search(
@@ -251,6 +276,7 @@ def run_search(
     needed_cuts(space, config.backbone)
 
     if resume is None:
+        _refuse_existing_experiment(experiment_location(config, run_dir))
         run_dir.mkdir(parents=True, exist_ok=True)
         write_config(config, run_dir / CONFIG_FILE)
         (run_dir / SPACE_FILE).write_text(_yaml(space.to_dict()))
@@ -446,6 +472,22 @@ def experiment_location(config: SearchConfig, run_dir: Path) -> str:
     shared storage (NFS, EFS, a mounted volume) or a URI (``s3://``, ``gs://``).
     """
     return f"{_storage_root(config, run_dir)}/{_experiment_name(config, run_dir)}"
+
+
+def _refuse_existing_experiment(location: str) -> None:
+    """Two runs must not share a Ray Tune experiment (under one storage_path, same name)."""
+    if is_uri(location):
+        import pyarrow.fs
+
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(location)
+        exists = filesystem.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+    else:
+        exists = Path(location).exists()
+    if exists:
+        raise SearchError(
+            f"{location} already holds a Ray Tune experiment (storage_path/run name); give "
+            "the run directory another name, or --resume that run"
+        )
 
 
 def _storage_root(config: SearchConfig, run_dir: Path) -> str:

@@ -162,3 +162,32 @@ def test_trials_fetch_only_their_own_entries_zero_copy(
     assert not features.flags.writeable and not features.flags.owndata
     np.testing.assert_array_equal(features, bundle.cuts["block4_pool"]["train"])
     assert len(augmented.views["block4_pool@0.5"]) == 2
+
+
+def test_a_node_without_the_data_builds_from_images_the_driver_sends(
+    local_ray: None, shapes_data: Path, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    import numpy as np
+
+    from cluster import connect
+    from core.data import scan_dataset
+    from search_spaces import load_space
+    from tuning.search import build_features_on_cluster, prepare_features
+
+    config = small_config(tmp_path)
+    # The extraction node finds nothing at the data's path: the driver must send it.
+    index = dataclasses.replace(scan_dataset(shapes_data), root=tmp_path / "not-on-this-node")
+    built = build_features_on_cluster(config, index, load_space(config.space), connect(None))
+    assert built is not None and len(built.stats.misses) == 3
+    assert built.pid != os.getpid()
+
+    _, sent, _ = prepare_features(config, shapes_data, load_space(config.space), progress=False)
+    from_disk = config.replace(cache_dir=str(tmp_path / "from-disk"))
+    _, read, _ = prepare_features(from_disk, shapes_data, load_space(config.space), progress=False)
+    for cut in ("block5_pool", "block3_pool"):
+        np.testing.assert_array_equal(
+            sent.features(cut, "validation"), read.features(cut, "validation")
+        )
+    assert build_features_on_cluster(config, index, load_space(config.space), connect(None)) is None

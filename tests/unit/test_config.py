@@ -286,3 +286,11 @@ def test_a_space_file_named_in_a_config_is_found_next_to_it(tmp_path: Path) -> N
     config = load_config(folder / "search.yaml")
     assert config.space == str((folder / "narrow.yaml").resolve())
     assert load_space(config.space).names() == ("dropout",)
+
+
+@pytest.mark.parametrize("key", ["cache_dir", "storage_path"])
+def test_credentials_in_a_uri_are_refused_without_echoing_them(key: str) -> None:
+    with pytest.raises(ConfigError, match=f"{key}: credentials") as caught:
+        load_config(overrides={key: "s3://AKIDEXAMPLE:s3cr3t@bucket/prefix"})
+    assert "s3cr3t" not in str(caught.value)
+    assert load_config(overrides={key: "s3://bucket/prefix"}).to_dict()[key] == "s3://bucket/prefix"

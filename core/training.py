@@ -188,6 +188,10 @@ class RecipeTrainer:
                 ),
                 loss=loss_for(self.num_classes),
                 metrics=["accuracy"],
+                # XLA fuses the unfrozen blocks' backward pass: measured here it
+                # halves a phase-2 epoch at unfreeze 1 (the head alone gains
+                # nothing, so it stays uncompiled).
+                jit_compile=True,
             )
         return self.finetune_model
 

@@ -27,6 +27,9 @@ from core.model import build_finetune_model, build_head, build_inference_model, 
 
 logger = logging.getLogger(__name__)
 
+HEAD_EVALUATION_BATCH = 512
+"""Validation batch of phase 1 (the head on cached features)."""
+
 
 def array_batches(
     x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool, seed: int
@@ -221,9 +224,14 @@ class RecipeTrainer:
             batches = array_batches(train_x, train_y, batch, shuffle=True, seed=seed)
         fit = run_batches(model, batches, train=True)
         val_x = self.bundle.features(cut, "validation")
+        # The head's evaluation is all per-call overhead at small batches; its
+        # activations are tiny, so it evaluates in large batches (same metrics:
+        # they are averaged over samples). Phase 2 keeps the training batch size,
+        # whose activations are known to fit.
+        val_batch = max(batch, HEAD_EVALUATION_BATCH) if phase == 1 else batch
         evaluation = run_batches(
             model,
-            array_batches(val_x, self._labels["validation"], batch, shuffle=False, seed=0),
+            array_batches(val_x, self._labels["validation"], val_batch, shuffle=False, seed=0),
             train=False,
         )
         self.epoch += 1

@@ -47,4 +47,5 @@ demo: $(STAMP)
 	@echo "final model:   $(DEMO_RUN)/model (model.keras, metrics.json)"
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	$(BIN)/python -m bench.run_all

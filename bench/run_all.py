@@ -1,47 +1,84 @@
-"""Runs every benchmark with its default settings: ``python -m bench.run_all``.
+"""Runs the benchmarks: ``python -m bench.run_all [--only NAME ...] [--skip NAME ...]``.
 
-Each benchmark is a module of this package with a ``main(argv) -> int``; a module
-is imported only when its turn comes, so one benchmark's heavy imports (and
-TensorFlow thread settings) are made by that benchmark itself.
+Each benchmark is a module of this package with a ``main(argv) -> int`` that
+prints its table, writes ``bench/results/NAME.json`` and rewrites its own
+section of ``docs/benchmarks.md``. A module is imported only when its turn
+comes, so each benchmark makes its own heavy imports (and TensorFlow thread
+settings). Extra arguments after ``--`` go to every selected benchmark, e.g.
+``python -m bench.run_all --only cache_vs_naive -- --size 150 --per-class 1000``.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import json
 import logging
 import sys
 import time
 
+from bench.common import RESULTS_DIR, load_average, setup_logging
+
 logger = logging.getLogger(__name__)
 
-BENCHMARKS: tuple[str, ...] = ("bench.cache_vs_naive",)
-"""Modules run by ``main``, in order."""
+BENCHMARKS: tuple[str, ...] = (
+    "entry_sizes",
+    "cache_vs_naive",
+    "extraction",
+    "memory",
+    "dtype",
+    "search",
+)
+"""Modules of ``bench`` run by ``main``, in order."""
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        extra = argv[argv.index("--") + 1 :]
+        argv = argv[: argv.index("--")]
+    parser = argparse.ArgumentParser(prog="python -m bench.run_all", description=__doc__)
+    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these")
+    parser.add_argument("--skip", nargs="+", choices=BENCHMARKS, default=[], help="skip these")
+    parser.add_argument("--no-doc", action="store_true", help="leave docs/benchmarks.md unchanged")
+    return parser.parse_args(argv), extra
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs every module in ``BENCHMARKS`` with its defaults.
-
-    Args:
-        argv: Unused; accepted so that every benchmark entry point looks alike.
+    """Runs the selected benchmarks with their defaults (plus any arguments after ``--``).
 
     Returns:
         0 when every benchmark succeeded, 1 otherwise (the others still run).
     """
-    del argv
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args, extra = parse_args(argv)
+    setup_logging()
+    from cluster import prefer_loopback
+
+    prefer_loopback()  # every local Ray the benchmarks start stays on 127.0.0.1
+    selected = [b for b in (args.only or BENCHMARKS) if b not in args.skip]
+    if args.no_doc:
+        extra = [*extra, "--no-doc"]
     failed: list[str] = []
-    for name in BENCHMARKS:
+    summary: dict[str, dict[str, object]] = {}
+    started_all = time.perf_counter()
+    for name in selected:
         started = time.perf_counter()
-        logger.info("== %s", name)
+        load = load_average()
+        logger.info("== bench.%s (load average %s)", name, load)
         try:
-            code = importlib.import_module(name).main([])
+            code = importlib.import_module(f"bench.{name}").main(extra)
         except Exception:
             logger.exception("benchmark %s failed", name)
             code = 1
-        logger.info("== %s finished in %.1f s (exit %s)", name, time.perf_counter() - started, code)
+        seconds = time.perf_counter() - started
+        summary[name] = {"exit": code, "seconds": round(seconds, 1), "load_average_before": load}
+        logger.info("== bench.%s finished in %.1f s (exit %s)", name, seconds, code)
         if code:
             failed.append(name)
+    summary["total"] = {"seconds": round(time.perf_counter() - started_all, 1)}
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DIR / "run_all.json").write_text(json.dumps(summary, indent=2) + "\n")
     if failed:
         logger.error("failed benchmarks: %s", ", ".join(failed))
         return 1
@@ -49,4 +86,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

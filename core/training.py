@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,11 @@ def view_batches(
 
 
 def run_batches(
-    model: keras.Model, batches: Iterator[tuple[np.ndarray, np.ndarray]], *, train: bool
+    model: keras.Model,
+    batches: Iterator[tuple[np.ndarray, np.ndarray]],
+    *,
+    train: bool,
+    on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """One pass of ``train_on_batch`` (or ``test_on_batch``) over ``batches``.
 
@@ -78,6 +82,9 @@ def run_batches(
     epoch for up to seconds on a loaded machine, and trials run many short
     epochs.
 
+    Args:
+        on_batch: Called with the 0-based index of each batch once it is done.
+
     Returns:
         The epoch's loss and accuracy, averaged over samples. (Keras resets its
         metrics at every ``*_on_batch`` call, so each call reports one batch.)
@@ -85,12 +92,14 @@ def run_batches(
     totals: dict[str, float] = {}
     count = 0
     step = model.train_on_batch if train else model.test_on_batch
-    for x_batch, y_batch in batches:
+    for number, (x_batch, y_batch) in enumerate(batches):
         logs = step(x_batch, y_batch, return_dict=True)
         size = len(x_batch)
         for name, value in logs.items():
             totals[name] = totals.get(name, 0.0) + float(value) * size
         count += size
+        if on_batch is not None:
+            on_batch(number)
     if count == 0:
         raise ValueError("no batches: the split is empty")
     return {name: total / count for name, total in totals.items()}
@@ -197,8 +206,12 @@ class RecipeTrainer:
             )
         return self.finetune_model
 
-    def train_epoch(self) -> dict[str, Any]:
+    def train_epoch(self, on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
         """Trains one epoch and evaluates on the validation split.
+
+        Args:
+            on_batch: Called with the 0-based index of each training batch once
+                it is trained (progress, or fault injection in tests).
 
         Returns:
             epoch (1-based), phase, loss, accuracy, val_loss, val_accuracy and
@@ -221,7 +234,7 @@ class RecipeTrainer:
         else:
             train_x = self.bundle.features(cut, "train")
             batches = array_batches(train_x, train_y, batch, shuffle=True, seed=seed)
-        fit = run_batches(model, batches, train=True)
+        fit = run_batches(model, batches, train=True, on_batch=on_batch)
         val_x = self.bundle.features(cut, "validation")
         # The head's evaluation is all per-call overhead at small batches; its
         # activations are tiny, so it evaluates in large batches (same metrics:

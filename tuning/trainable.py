@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,8 +53,8 @@ def recipe_trainable(
         with checkpoint.as_directory() as directory:
             trainer.restore(directory)
     while not trainer.done:
-        metrics = for_progress_table(trainer.train_epoch())
-        _crash_if_asked(trainer.epoch)
+        crash = _crash_hook(trainer.epoch + 1)
+        metrics = for_progress_table(trainer.train_epoch(on_batch=crash))
         metrics["resumed"] = checkpoint is not None
         monitor.record_epoch(metrics)
         with tempfile.TemporaryDirectory(prefix="bottletune-ckpt-") as directory:
@@ -65,20 +66,29 @@ CRASH_MARKER_ENV = "BOTTLETUNE_TEST_CRASH_MARKER"
 CRASH_EPOCH_ENV = "BOTTLETUNE_TEST_CRASH_EPOCH"
 
 
-def _crash_if_asked(epoch: int) -> None:
-    """Fault-injection for tests: the first trial to finish epoch N dies before reporting it.
+def _crash_hook(epoch: int) -> Callable[[int], None] | None:
+    """Fault injection for tests: the first trial to reach the middle of epoch N dies there.
 
-    Only when both environment variables are set; the marker file makes it
-    happen once per search, so the retried trial can show it resumed from its
-    checkpoint. ``os._exit`` skips every clean-up, as a killed process would.
+    Only when both environment variables are set (N is 1-based). The trial's
+    process exits right after the second training batch of that epoch, with
+    the epoch part-trained and not checkpointed (an epoch of one batch never
+    crashes). The marker file makes it happen once per search, so that the
+    retried trial can show it resumed from the checkpoint of epoch N - 1.
+    ``os._exit`` skips every clean-up, as a killed process would.
     """
     marker = os.environ.get(CRASH_MARKER_ENV)
     if not marker or os.environ.get(CRASH_EPOCH_ENV) != str(epoch):
-        return
-    try:
-        descriptor = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return
-    os.write(descriptor, f"{os.getpid()} {epoch}\n".encode())
-    os.close(descriptor)
-    os._exit(17)
+        return None
+
+    def crash_mid_epoch(batch: int) -> None:
+        if batch != 1:
+            return
+        try:
+            descriptor = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.write(descriptor, f"{os.getpid()} {epoch} {batch}\n".encode())
+        os.close(descriptor)
+        os._exit(17)
+
+    return crash_mid_epoch

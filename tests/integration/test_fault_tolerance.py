@@ -3,8 +3,8 @@
 Each test runs a small real search (random-init VGG16 on 32 px shapes) and kills
 something in the middle of it:
 
-- a trial process exits abruptly after an epoch -> the retry resumes from the
-  checkpoint of the epoch before, not from epoch 0;
+- a trial process exits abruptly in the middle of an epoch -> the retry resumes
+  from the checkpoint of the epoch before, not from epoch 0;
 - a worker node of a three-node ``ray.cluster_utils.Cluster`` is removed ->
   the search finishes and every trial has a result;
 - the driver (``bottletune tune`` in its own process group) gets SIGKILL ->
@@ -35,18 +35,24 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 
+# Batches of 4: an epoch of the 24 training images has 6 batches, so a trial
+# can die in the middle of one.
 SPACE = """
 dropout: {type: float, low: 0.0, high: 0.5}
 unfreeze_blocks: {type: int, low: 0, high: 1}
 head_learning_rate: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}
 augmentation: 0.0
 dense_units: 16
+batch_size: 4
 """
+# Every trial fine-tunes after its first epoch: a head-only trial's epochs take
+# milliseconds here, too short to be caught running when a node is removed.
+FINETUNE_SPACE = SPACE.replace("{type: int, low: 0, high: 1}", "1")
 
 
-def small_config(tmp_path: Path, **overrides: object) -> SearchConfig:
+def small_config(tmp_path: Path, *, space_text: str = SPACE, **overrides: object) -> SearchConfig:
     space = tmp_path / "space.yaml"
-    space.write_text(SPACE)
+    space.write_text(space_text)
     values: dict[str, object] = {
         "weights": "none",
         "image_size": 32,
@@ -97,6 +103,8 @@ def test_a_crashed_trial_resumes_from_its_last_checkpoint(
     )  # fmt: skip
 
     assert marker.is_file(), "no trial process was killed"
+    _, epoch, batch = marker.read_text().split()
+    assert (epoch, batch) == ("2", "1"), "the trial died in the middle of epoch 2"
     assert all(t["status"] == "completed" and t["epochs"] == 3 for t in result.trials)
     crashed = {
         name: lines
@@ -105,7 +113,7 @@ def test_a_crashed_trial_resumes_from_its_last_checkpoint(
     }
     assert len(crashed) == 1, "exactly one trial died and was retried"
     lines = next(iter(crashed.values()))
-    # Epoch 1 was checkpointed, epoch 2 died before its report: the retry
+    # Epoch 1 was checkpointed, epoch 2 died two batches in: the retry
     # restored epoch 1 and went on with epoch 2, without training epoch 1 again.
     # (Under a storage_path, Ray may rewrite result.json from the restored
     # checkpoint, so the first attempt's lines are not all there.)
@@ -113,6 +121,27 @@ def test_a_crashed_trial_resumes_from_its_last_checkpoint(
     assert [line["epoch"] for line in lines if not line["resumed"]] in ([], [1])
     assert not (result.run_dir / "trials").exists()
     assert all(Path(t["path"]).parent == shared / "run" for t in result.trials)
+
+
+def ancestors(pid: int) -> list[int]:
+    """The parent, grandparent, ... of a process (from /proc), nearest first."""
+    chain = []
+    while pid > 1:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        # The command name (field 2) may hold spaces; the parent's pid follows it.
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+        chain.append(pid)
+    return chain
+
+
+def raylet_pid(node: Any) -> int:
+    """The raylet of a ``ray.cluster_utils.Cluster`` node: its workers are the raylet's children."""
+    from ray._private import ray_constants
+
+    return int(node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid)
 
 
 def test_removing_a_worker_node_mid_search_loses_no_trial(
@@ -126,26 +155,37 @@ def test_removing_a_worker_node_mid_search_loses_no_trial(
         initialize_head=True,
         head_node_args={"num_cpus": 0, "include_dashboard": False, "object_store_memory": store},
     )
-    workers = [cluster.add_node(num_cpus=1, object_store_memory=store) for _ in range(2)]
+    # Two GPU workers (fake GPUs): one trial each, the head holds none.
+    workers = [
+        cluster.add_node(num_cpus=1, num_gpus=1, object_store_memory=store) for _ in range(2)
+    ]
     cluster.wait_for_nodes()
+    raylets = {raylet_pid(node): node for node in workers}
     run_dir = tmp_path / "run"
-    removed = threading.Event()
+    max_epochs = 5
+    victims: list[str] = []
 
-    def remove_a_worker_once_trials_report() -> None:
+    def remove_the_node_of_a_running_trial() -> None:
+        """Removes the worker node that runs a trial which has checkpointed but is far from done."""
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
-            # Both nodes run a trial that has checkpointed at least once.
-            running = [n for n in all_reports(run_dir).values() if 1 <= len(n) < 5]
-            if len(running) >= 2:
-                cluster.remove_node(workers[0])
-                removed.set()
-                return
-            time.sleep(0.5)
+            for name, lines in all_reports(run_dir).items():
+                if not 1 <= len(lines) <= max_epochs - 3:
+                    continue
+                node = next((raylets[p] for p in ancestors(lines[-1]["pid"]) if p in raylets), None)
+                if node is not None:
+                    cluster.remove_node(node)
+                    victims.append(name)
+                    return
+            time.sleep(0.2)
 
-    killer = threading.Thread(target=remove_a_worker_once_trials_report, daemon=True)
+    killer = threading.Thread(target=remove_the_node_of_a_running_trial, daemon=True)
     killer.start()
     try:
-        config = small_config(tmp_path, num_samples=3, max_epochs=5, max_failures=3)
+        config = small_config(
+            tmp_path, space_text=FINETUNE_SPACE, num_samples=3, max_epochs=max_epochs,
+            grace_period=max_epochs, max_failures=3, gpus_per_trial=0.5,
+        )  # fmt: skip
         result = run_search(config, shapes_data, run_dir, address=cluster.address, progress=False)
         alive = [node for node in ray.nodes() if node["Alive"]] if ray.is_initialized() else []
     finally:
@@ -153,16 +193,19 @@ def test_removing_a_worker_node_mid_search_loses_no_trial(
         ray.shutdown()
         cluster.shutdown()
 
-    assert removed.is_set(), "the worker node was never removed"
+    assert victims, "no worker node was removed while one of its trials ran"
     assert not alive  # run_search detached from the cluster it joined
     assert len(result.trials) == 3
-    assert all(t["status"] == "completed" and t["epochs"] == 5 for t in result.trials), [
+    assert all(t["status"] == "completed" and t["epochs"] == max_epochs for t in result.trials), [
         (t["trial_id"], t["status"], t["epochs"], t["error"]) for t in result.trials
     ]
-    # The trial that ran on the removed node went on from its checkpoint elsewhere.
-    retried = [lines for lines in all_reports(run_dir).values() if any(r["resumed"] for r in lines)]
-    assert retried, "no trial was running on the removed node"
-    assert all([r["epoch"] for r in lines] == [1, 2, 3, 4, 5] for lines in retried)
+    # The trial that ran on the removed node went on from its checkpoint on the
+    # other node: every epoch reported once, the later ones by the retry.
+    lines = all_reports(run_dir)[victims[0]]
+    assert [line["epoch"] for line in lines] == list(range(1, max_epochs + 1))
+    assert any(line["resumed"] for line in lines), "the trial on the removed node never retried"
+    assert not lines[0]["resumed"]
+    assert len({line["pid"] for line in lines}) == 2, "the retry ran in a new process"
 
 
 def _kill_process_group_and_ray(process: subprocess.Popen[str], ray_dir: Path) -> None:

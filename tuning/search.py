@@ -277,12 +277,6 @@ def run_search(
 
     if resume is None:
         _refuse_existing_experiment(experiment_location(config, run_dir))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(config, run_dir / CONFIG_FILE)
-        (run_dir / SPACE_FILE).write_text(_yaml(space.to_dict()))
-        write_manifest(
-            run_dir, data_dir, index.fingerprint, space, experiment_location(config, run_dir)
-        )
 
     info = connect(
         address,
@@ -298,6 +292,14 @@ def run_search(
         logger.info("Ray dashboard: %s", info.dashboard_url)
     try:
         check_trial_fits(info, config.cpus_per_trial, config.gpus_per_trial)
+        if resume is None:
+            # Only once the search can run: a refused one leaves RUN_DIR as it was.
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_config(config, run_dir / CONFIG_FILE)
+            (run_dir / SPACE_FILE).write_text(_yaml(space.to_dict()))
+            write_manifest(
+                run_dir, data_dir, index.fingerprint, space, experiment_location(config, run_dir)
+            )
         built = build_features_on_cluster(config, index, space, info, progress=progress)
         index, bundle, loaded = prepare_features(
             config, data_dir, space, progress=progress, index=index

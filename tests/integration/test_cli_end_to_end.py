@@ -153,6 +153,19 @@ def test_tune_joins_a_running_cluster_and_leaves_it_running(
             image_size=32, num_samples=2, max_epochs=1, head_epochs=1, grace_period=1,
             cache_dir=tmp_path / "cache",
         )  # fmt: skip
+
+        # A whole GPU per trial on this CPU-only cluster: refused at once, not
+        # left pending, and the run directory is not created.
+        refused = subprocess.run(
+            [sys.executable, "-m", "cli", "tune", "--data", str(shapes_data), "--out",
+             str(run_dir), "--config", "demo", "--address", head.address, "--quiet",
+             *settings, "--set", "gpus_per_trial=1"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert refused.returncode == 2, refused.stderr[-3000:]
+        assert "gpus_per_trial=1: no node has that many GPUs" in refused.stderr
+        assert not run_dir.exists()
+
         tuned = bottletune(
             "tune", "--data", str(shapes_data), "--out", str(run_dir), "--config", "demo",
             "--address", head.address, "--quiet", *settings, env=env, cwd=tmp_path,

@@ -118,6 +118,7 @@ def test_impossible_requests_fail_before_any_trial_runs(
         run_search(
             small_config(tmp_path, gpus_per_trial=3.0), shapes_data, tmp_path / "a", progress=False
         )
+    assert not (tmp_path / "a").exists(), "a refused search left a run directory behind"
 
     deep = tmp_path / "deep.yaml"
     deep.write_text("unfreeze_blocks: {type: int, low: 0, high: 6}\n")

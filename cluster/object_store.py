@@ -70,10 +70,36 @@ class SharedFeatures:
         )
 
 
-def share_features(bundle: FeatureBundle) -> SharedFeatures:
-    """Puts every entry of ``bundle`` in the object store once, as its own object."""
+def local_object_store_bytes() -> int:
+    """The object-store capacity of the node this process runs on (0 if unknown)."""
     import ray
 
+    here = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node.get("NodeID") == here:
+            return int(node.get("Resources", {}).get("object_store_memory", 0))
+    return 0
+
+
+def share_features(bundle: FeatureBundle) -> SharedFeatures:
+    """Puts every entry of ``bundle`` in the object store once, as its own object.
+
+    Features larger than this node's object store still work (Ray spills
+    objects to disk and restores them when read), but trials then read them
+    from disk: that is logged as a warning naming both sizes.
+    """
+    import ray
+
+    capacity = local_object_store_bytes()
+    if capacity and bundle.nbytes > capacity:
+        logger.warning(
+            "the search's cached features (%.2f GB) exceed this node's object store "
+            "(%.2f GB): Ray will spill them to disk and trials will read them back from "
+            "there. Fewer augmentation views or strengths, a shallower unfreeze_blocks "
+            "range, feature_dtype float16, or a larger object store keep them in memory",
+            bundle.nbytes / 1e9,
+            capacity / 1e9,
+        )
     shared = SharedFeatures(
         backbone=bundle.backbone,
         image_size=bundle.image_size,

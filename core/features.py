@@ -136,8 +136,8 @@ def is_uri(location: str | os.PathLike[str]) -> bool:
 
 
 def view_name(cut: str, augmentation: float) -> str:
-    """How a bundle names the views of one cut at one strength."""
-    return f"{cut}@{augmentation:g}"
+    """How a bundle names the views of one cut at one strength (exact: no two strengths collide)."""
+    return f"{cut}@{float(augmentation)!r}"
 
 
 @dataclass
@@ -411,11 +411,10 @@ class FeatureCache:
         for key in keys:
             try:
                 features, labels = self.load(key)
-            except CorruptEntryError as error:
-                logger.warning("%s: rebuilding cache entry %s", error, key.name)
-                self.store.discard(key.name)
-                self._build_locked(index, weights, seed, [key], batch_size, progress, images)
-                features, labels = self.load(key)
+            except CorruptEntryError:
+                features, labels = self._rebuild_damaged(
+                    index, weights, seed, key, batch_size, progress, images
+                )
             if not bundle.labels:
                 bundle.labels = labels
             elif any(not np.array_equal(bundle.labels[s], labels[s]) for s in labels):
@@ -429,6 +428,33 @@ class FeatureCache:
             else:
                 bundle.cuts[key.cut] = features
         return bundle
+
+    def _rebuild_damaged(
+        self,
+        index: DatasetIndex,
+        weights: str,
+        seed: int,
+        key: FeatureKey,
+        batch_size: int,
+        progress: bool,
+        images: Mapping[str, LoadedImages] | None,
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Rebuilds an entry that failed its checksums, under the entry's lock.
+
+        Checked again once the lock is held: another process that found the same
+        damage may have rebuilt the entry meanwhile, and its good copy must not
+        be thrown away.
+        """
+        with self.store.lock(key.name):
+            try:
+                return self.load(key)
+            except CorruptEntryError as error:
+                logger.warning("%s: rebuilding cache entry %s", error, key.name)
+            except FeatureCacheError:
+                pass  # removed meanwhile: build it
+            self.store.discard(key.name)
+            self._build(index, weights, seed, [key], batch_size, progress, images)
+        return self.load(key)
 
     def _build_locked(
         self,

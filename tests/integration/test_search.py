@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,8 @@ from tuning.search import SearchError, run_search
 
 pytestmark = pytest.mark.integration
 
-# Depths 0-2, no augmentation: three cuts (block5, block4, block3), no images.
+# Depths 0-2 and one augmentation strength: three cuts (block5, block4, block3),
+# each plain and in VIEWS augmented views of the training images.
 SPACE = """
 dropout: {type: float, low: 0.0, high: 0.6}
 l2: {type: float, low: 1.0e-6, high: 1.0e-3, log: true}
@@ -23,9 +25,11 @@ unfreeze_blocks: {type: int, low: 0, high: 2}
 head_learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
 finetune_learning_rate:
   {type: float, low: 1.0e-5, high: 1.0e-3, log: true, when: "unfreeze_blocks > 0"}
-augmentation: 0.0
+augmentation: {type: categorical, choices: [0.0, 0.5]}
 dense_units: {type: categorical, choices: [16, 32]}
 """
+CUTS = ["block3_pool", "block4_pool", "block5_pool"]
+VIEWS = 2
 
 
 def small_config(tmp_path: Path, **overrides: object) -> SearchConfig:
@@ -45,6 +49,7 @@ def small_config(tmp_path: Path, **overrides: object) -> SearchConfig:
         "include_dashboard": False,
         "cache_dir": str(tmp_path / "cache"),
         "space": str(space),
+        "augmentation_views": VIEWS,
         "seed": 3,
     }
     values.update(overrides)
@@ -64,9 +69,11 @@ def test_search_computes_features_once_and_a_second_search_reuses_them(
     first = run_search(config, shapes_data, tmp_path / "run1", progress=False)
 
     cache = FeatureCache(config.cache_location)
-    built = sorted(build["cut"] for build in cache.builds())
-    assert built == ["block3_pool", "block4_pool", "block5_pool"]
-    assert len(first.cache.misses) == 3 and not first.cache.hits
+    built = sorted(((b["cut"], b["augmentation"], b["view"]) for b in cache.builds()), key=str)
+    plain = [(cut, 0.0, None) for cut in CUTS]
+    views = [(cut, 0.5, view) for cut in CUTS for view in range(VIEWS)]
+    assert built == sorted(plain + views, key=str), "each entry is extracted exactly once"
+    assert len(first.cache.misses) == len(built) and not first.cache.hits
     # A Ray task holding a (fake) GPU built them, not the driver.
     built_by = json.loads((tmp_path / "run1" / "results.json").read_text())["cache"]["built_by"]
     assert built_by["pid"] != os.getpid() and built_by["gpu_ids"]
@@ -89,6 +96,9 @@ def test_search_computes_features_once_and_a_second_search_reuses_them(
     assert all(t["epochs"] < config.max_epochs for t in stopped)
     depths = {t["hyperparameters"]["unfreeze_blocks"] for t in first.trials}
     assert depths <= {0, 1, 2}
+    # Augmented and plain trials both trained, on the same shared entries.
+    strengths = {t["hyperparameters"]["augmentation"] for t in first.trials}
+    assert strengths == {0.0, 0.5}
 
     # Each trial checkpointed every epoch; the newest checkpoint is its last epoch.
     for trial in first.trials:
@@ -106,8 +116,8 @@ def test_search_computes_features_once_and_a_second_search_reuses_them(
     second = run_search(
         config.replace(num_samples=2), shapes_data, tmp_path / "run2", progress=False
     )
-    assert len(cache.builds()) == 3, "the second search recomputed features"
-    assert len(second.cache.hits) == 3 and not second.cache.misses
+    assert len(cache.builds()) == len(built), "the second search recomputed features or views"
+    assert len(second.cache.hits) == len(built) and not second.cache.misses
 
 
 def test_impossible_requests_fail_before_any_trial_runs(
@@ -136,12 +146,31 @@ def test_impossible_requests_fail_before_any_trial_runs(
     assert (occupied / "notes.txt").read_text() == "mine"
 
 
+@pytest.fixture
+def ray_worker_reads_features() -> Any:
+    """A Ray task (its own worker process) that fetches one cut as a trial would."""
+    import ray
+
+    @ray.remote(num_cpus=1)
+    def read(shared: Any, cut: str) -> tuple[bool, bool, float]:
+        features = shared.fetch([cut]).cuts[cut]["train"]
+        return bool(features.flags.writeable), bool(features.flags.owndata), float(features.sum())
+
+    return read
+
+
 def test_trials_fetch_only_their_own_entries_zero_copy(
-    local_ray: None, shapes_data: Path, tmp_path: Path
+    local_ray: None,
+    shapes_data: Path,
+    tmp_path: Path,
+    ray_worker_reads_features: Any,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import numpy as np
+    import ray
 
-    from cluster import share_features
+    from cluster import object_store, share_features
     from core.data import scan_dataset
     from core.hyperparameters import Hyperparameters
     from core.training import entries_for
@@ -163,6 +192,17 @@ def test_trials_fetch_only_their_own_entries_zero_copy(
     assert not features.flags.writeable and not features.flags.owndata
     np.testing.assert_array_equal(features, bundle.cuts["block4_pool"]["train"])
     assert len(augmented.views["block4_pool@0.5"]) == 2
+    # In another process too (a trial's worker): read-only views of the store.
+    writeable, owndata, total = ray.get(ray_worker_reads_features.remote(shared, "block4_pool"))
+    assert not writeable and not owndata
+    assert total == pytest.approx(float(features.sum()))
+
+    # Features beyond this node's object store are shared anyway, with a warning.
+    assert object_store.local_object_store_bytes() == 200 * 1024 * 1024  # the fixture's
+    monkeypatch.setattr(object_store, "local_object_store_bytes", lambda: bundle.nbytes - 1)
+    with caplog.at_level("WARNING", logger="cluster.object_store"):
+        share_features(bundle)
+    assert "exceed this node's object store" in caplog.text
 
 
 def test_a_node_without_the_data_builds_from_images_the_driver_sends(
@@ -181,7 +221,7 @@ def test_a_node_without_the_data_builds_from_images_the_driver_sends(
     # The extraction node finds nothing at the data's path: the driver must send it.
     index = dataclasses.replace(scan_dataset(shapes_data), root=tmp_path / "not-on-this-node")
     built = build_features_on_cluster(config, index, load_space(config.space), connect(None))
-    assert built is not None and len(built.stats.misses) == 3
+    assert built is not None and len(built.stats.misses) == len(CUTS) * (1 + VIEWS)
     assert built.pid != os.getpid()
 
     _, sent, _ = prepare_features(config, shapes_data, load_space(config.space), progress=False)
@@ -191,4 +231,8 @@ def test_a_node_without_the_data_builds_from_images_the_driver_sends(
         np.testing.assert_array_equal(
             sent.features(cut, "validation"), read.features(cut, "validation")
         )
+        for view in range(VIEWS):  # augmented views are the same from sent images too
+            np.testing.assert_array_equal(
+                sent.views_of(cut, 0.5)[view], read.views_of(cut, 0.5)[view]
+            )
     assert build_features_on_cluster(config, index, load_space(config.space), connect(None)) is None

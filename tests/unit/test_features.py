@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +227,34 @@ def test_a_damaged_entry_is_detected_and_rebuilt(
     assert "rebuilding cache entry" in caplog.text and str(target) in caplog.text
     assert len(cache.builds()) == 2
     np.testing.assert_array_equal(again.features("block5_pool", "train"), expected)
+
+
+def test_a_damaged_entry_another_process_rebuilt_meanwhile_is_kept(
+    shapes_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes find one entry damaged: the one that waits for the lock reads the rebuild."""
+    cache = FeatureCache(tmp_path / "cache")
+    ensure(cache, shapes_data, cuts=["block5_pool"])
+    target = next(cache.entries_dir.iterdir()) / "train_features.npy"
+    target.write_bytes(target.read_bytes()[:-64])
+
+    other = FeatureCache(tmp_path / "cache")  # the process that got the lock first
+    real_lock = cache.store.lock
+    discarded: list[str] = []
+
+    @contextlib.contextmanager
+    def lock_after_the_other_process(name: str) -> Iterator[None]:
+        ensure(other, shapes_data, cuts=["block5_pool"])  # it rebuilds, then releases
+        with real_lock(name):
+            yield
+
+    monkeypatch.setattr(cache.store, "lock", lock_after_the_other_process)
+    monkeypatch.setattr(cache.store, "discard", discarded.append)
+    bundle = ensure(cache, shapes_data, cuts=["block5_pool"])
+
+    assert len(cache.builds()) == 2, "the entry was rebuilt twice"
+    assert not discarded, "the waiting process removed the other's good rebuild"
+    assert bundle.features("block5_pool", "train").shape == (24, 1, 1, 512)
 
 
 def test_a_cache_at_a_uri_is_reused_from_another_machine(shapes_data: Path, tmp_path: Path) -> None:

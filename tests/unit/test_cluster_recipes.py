@@ -146,6 +146,32 @@ def test_launcher_setup_installs_bottletune_and_the_clusters_ray() -> None:
     assert any("tensorflow[and-cuda]" in command for command in gpu_setup)
 
 
+def test_launcher_head_installs_what_rays_default_head_setup_does() -> None:
+    """The recipe's head_setup_commands replace Ray's AWS default, which installs boto3.
+
+    Without boto3 in the head's Python, its autoscaler cannot call EC2 and no GPU
+    worker ever starts.
+    """
+    spec = importlib.util.find_spec("ray")
+    assert spec is not None and spec.submodule_search_locations
+    defaults_path = (
+        Path(next(iter(spec.submodule_search_locations))) / "autoscaler" / "aws" / "defaults.yaml"
+    )
+    defaults = load(defaults_path)
+    wanted = {
+        re.split(r"[<>=\[]", shlex.split(command)[-1])[0]
+        for command in defaults["head_setup_commands"]
+        if "pip install" in command
+    }
+    assert wanted == {"boto3"}
+    head_setup = launcher_commands(load(LAUNCHER), "head_setup_commands")
+    for package in wanted:
+        assert any(
+            "bottletune-venv/bin/pip install" in command and package in command
+            for command in head_setup
+        ), f"the head's virtualenv does not get {package}"
+
+
 def test_launcher_enables_token_auth_with_the_token_from_a_secret_store() -> None:
     config = load(LAUNCHER)
     starts = [

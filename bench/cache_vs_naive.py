@@ -155,7 +155,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument(
-        "--epochs", type=positive_int, default=2, help="timed epochs per side (after 1 warm-up)"
+        "--epochs", type=positive_int, default=3, help="timed epochs per side (after 1 warm-up)"
     )
     parser.add_argument(
         "--augmentation",

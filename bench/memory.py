@@ -9,7 +9,8 @@ case); the driver drops its own copy once the entries are in the store.
 
 Each trial first becomes an idle trial: TensorFlow imported, bottletune's
 trainer run for an epoch on a tiny private array; it records its private
-memory (USS) then. It then trains a head epoch on the shared top cut and reads
+memory (USS) then, before it fetches the shared features (so a copy made by
+the fetch would count). It then trains a head epoch on the shared top cut and reads
 every cut in mini-batches (what a trial at that depth reads per epoch), so
 every page of the features is touched, records its pid and waits.
 
@@ -84,7 +85,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--validation", type=positive_int, default=400, help="validation images")
     parser.add_argument("--cuts", nargs="+", default=["block5_pool", "block4_pool", "block3_pool"])
     parser.add_argument(
-        "--views", type=non_negative_int, default=0, help="augmented views per cut (one strength)"
+        "--views", type=non_negative_int, default=1, help="augmented views per cut (one strength)"
     )
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float16"])
     parser.add_argument("--trials", type=positive_int, nargs="+", default=[1, 2, 4])
@@ -155,16 +156,18 @@ def memory_trial(config: dict[str, Any], features: Any) -> None:
     from core.hyperparameters import Hyperparameters, TrainingSetup
     from core.training import RecipeTrainer, array_batches
 
-    bundle = features.fetch(list(features.cuts), list(features.views))
     process = psutil.Process()
-    setup = TrainingSetup("vgg16", "none", bundle.image_size, epochs=1, head_epochs=1, seed=0)
+    setup = TrainingSetup("vgg16", "none", features.image_size, epochs=1, head_epochs=1, seed=0)
     hparams = Hyperparameters(unfreeze_blocks=0, batch_size=32)
-    top = next(iter(bundle.cuts))
-    tiny = random_bundle([top], bundle.image_size, 64, 32, 0, str(bundle.cuts[top]["train"].dtype))
+    top = next(iter(features.cuts))
+    tiny = random_bundle([top], features.image_size, 64, 32, 0, config["dtype"])
     RecipeTrainer(hparams, setup, tiny).train_epoch()
     del tiny
     gc.collect()
+    # The baseline comes before the fetch, so that a copy the fetch made (instead
+    # of mapping the object store zero-copy) would count as feature memory.
     idle = process.memory_full_info()
+    bundle = features.fetch(list(features.cuts), list(features.views))
     RecipeTrainer(hparams, setup, bundle).train_epoch()
     touched = 0
     arrays = [a for split in bundle.cuts.values() for a in split.values()]
@@ -254,13 +257,18 @@ def measure(
     try:
         bundle = make_bundle()
         features_bytes = bundle.nbytes
+        dtype = str(next(iter(bundle.cuts.values()))["train"].dtype)
         trainable = tune.with_resources(
             share_with_trials(memory_trial, features=share_features(bundle)), {"cpu": 1}
         )
         del bundle  # the object store holds it now, as in run_search
         tuner = tune.Tuner(
             trainable,
-            param_space={"index": tune.grid_search(list(range(trials))), "sync": str(sync)},
+            param_space={
+                "index": tune.grid_search(list(range(trials))),
+                "sync": str(sync),
+                "dtype": dtype,
+            },
             tune_config=tune.TuneConfig(max_concurrent_trials=trials),
             run_config=tune.RunConfig(
                 storage_path=str(temp_root / "tune"), verbose=0, name=f"memory-{trials}"

@@ -5,7 +5,10 @@ prints its table, writes ``bench/results/NAME.json`` and rewrites its own
 section of ``docs/benchmarks.md``. A module is imported only when its turn
 comes, so each benchmark makes its own heavy imports (and TensorFlow thread
 settings). Extra arguments after ``--`` go to every selected benchmark, e.g.
-``python -m bench.run_all --only cache_vs_naive -- --size 150 --per-class 1000``.
+``python -m bench.run_all --only cache_vs_naive -- --size 150 --per-class 1000``
+(the benchmarks' flags differ, so pass them with ``--only``). ``--recipe-scale``
+runs each benchmark at the write-up's scale (150 px, 2000 training and 800
+validation images) with its own flags: hours on 2 CPU cores, meant for a GPU node.
 """
 
 from __future__ import annotations
@@ -31,6 +34,16 @@ BENCHMARKS: tuple[str, ...] = (
 )
 """Modules of ``bench`` run by ``main``, in order."""
 
+RECIPE_SCALE: dict[str, list[str]] = {
+    "entry_sizes": ["--size", "150", "--train", "2000", "--validation", "800"],
+    "cache_vs_naive": ["--size", "150", "--per-class", "1000"],
+    "extraction": ["--size", "150", "--per-class", "1000"],
+    "memory": ["--size", "150", "--train", "2000", "--validation", "800"],
+    "dtype": ["--size", "150", "--classes", "2", "--per-class", "1000"],
+    "search": ["--size", "150", "--per-class", "1000", "--samples", "16", "--epochs", "10"],
+}
+"""Each benchmark's flags for the write-up's setup (``--recipe-scale``)."""
+
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -42,6 +55,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these")
     parser.add_argument("--skip", nargs="+", choices=BENCHMARKS, default=[], help="skip these")
     parser.add_argument("--no-doc", action="store_true", help="leave docs/benchmarks.md unchanged")
+    parser.add_argument(
+        "--recipe-scale",
+        action="store_true",
+        help="150 px, 2000 training + 800 validation images (for a GPU node)",
+    )
     return parser.parse_args(argv), extra
 
 
@@ -66,8 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         load = load_average()
         logger.info("== bench.%s (load average %s)", name, load)
+        arguments = [*(RECIPE_SCALE[name] if args.recipe_scale else []), *extra]
         try:
-            code = importlib.import_module(f"bench.{name}").main(extra)
+            code = importlib.import_module(f"bench.{name}").main(arguments)
+        except SystemExit as exit_:  # argparse rejected a flag this benchmark lacks
+            logger.error("benchmark %s exited (%s) with arguments %s", name, exit_.code, arguments)
+            code = exit_.code if isinstance(exit_.code, int) and exit_.code else 2
         except Exception:
             logger.exception("benchmark %s failed", name)
             code = 1

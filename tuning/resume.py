@@ -159,3 +159,79 @@ def check_resume(
             "the resumed searcher keeps proposing from the space the search started with; "
             "start a new search to search the new space"
         )
+
+
+ORPHAN_ATTR = "bottletune_orphaned"
+"""User attribute on an Optuna trial that an interrupted driver asked for but never saved."""
+
+
+def trials_in_saved_experiment(experiment: str) -> int | None:
+    """How many trials Ray Tune's newest saved experiment state holds (None if there is none).
+
+    Read as plain JSON (``experiment_state-<time>.json``), the file Tune
+    restores from: nothing is unpickled here.
+    """
+    import pyarrow.fs
+
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(_as_uri(experiment))
+    selector = pyarrow.fs.FileSelector(root, allow_not_found=True)
+    states = sorted(
+        info.path
+        for info in filesystem.get_file_info(selector)
+        if info.base_name.startswith("experiment_state-") and info.base_name.endswith(".json")
+    )
+    if not states:
+        return None
+    with filesystem.open_input_stream(states[-1]) as stream:
+        state = json.loads(stream.readall())
+    return len(state.get("trial_data", []))
+
+
+def fail_orphaned_study_trials(storage: Any, study_name: str, saved_trials: int) -> list[int]:
+    """Marks failed the study's trials that Ray Tune will never report to.
+
+    Tune restores the searcher as it was at its last experiment checkpoint,
+    which held ``saved_trials`` trials: the first ``saved_trials`` trials of the
+    study (not counting trials an earlier resume marked here). A driver killed
+    after that checkpoint had already asked the study for more; those would
+    stay RUNNING forever, while Tune starts their trials again as new ones. They
+    are marked FAIL with the user attribute ``bottletune_orphaned``, as Optuna's
+    own heartbeat marks the trials of a dead worker.
+
+    Args:
+        storage: The study's Optuna storage (the run's journal).
+        study_name: The study's name.
+        saved_trials: Trials in Tune's newest saved experiment state.
+
+    Returns:
+        The numbers of the trials marked.
+    """
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    known = 0
+    orphans = []
+    for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if trial.user_attrs.get(ORPHAN_ATTR):
+            continue
+        if known < saved_trials:
+            known += 1
+        elif trial.state == optuna.trial.TrialState.RUNNING:
+            orphans.append(trial)
+    for trial in orphans:
+        # FrozenTrial has no public storage id; Optuna's own helpers read it this way.
+        storage.set_trial_user_attr(trial._trial_id, ORPHAN_ATTR, True)
+        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    if orphans:
+        logger.warning(
+            "Optuna trials %s were asked for after Ray Tune's last checkpoint of the "
+            "interrupted search; Tune runs them again as new trials, so these are marked "
+            "failed (user attribute %s)",
+            [trial.number for trial in orphans],
+            ORPHAN_ATTR,
+        )
+    return [trial.number for trial in orphans]
+
+
+def _as_uri(location: str) -> str:
+    return location if "://" in location else Path(location).absolute().as_uri()

@@ -24,7 +24,14 @@ from core.hyperparameters import Hyperparameters, TrainingSetup
 from search_spaces import SearchSpace, SpaceError, load_space, to_optuna
 from tuning.config import SearchConfig, write_config
 from tuning.monitoring import export_search_metrics
-from tuning.resume import SavedRun, check_resume, load_run, write_manifest
+from tuning.resume import (
+    SavedRun,
+    check_resume,
+    fail_orphaned_study_trials,
+    load_run,
+    trials_in_saved_experiment,
+    write_manifest,
+)
 from tuning.samplers import make_sampler
 from tuning.trainable import TrialContext, recipe_trainable
 
@@ -37,6 +44,7 @@ CONFIG_FILE = "config.yaml"
 SPACE_FILE = "space.yaml"
 TRIALS_DIR = "trials"
 STUDY_FILE = "optuna.journal"
+STUDY_NAME = "bottletune"
 
 
 class SearchError(ValueError):
@@ -339,7 +347,13 @@ def run_search(
             # Tune restores trial states, checkpoints, the scheduler and the
             # searcher (with the Optuna study) as saved; finished trials stay
             # finished, unfinished and errored ones continue from their
-            # last checkpoint.
+            # last checkpoint. Study trials asked for after that checkpoint
+            # are orphans: marked failed first.
+            saved_trials = trials_in_saved_experiment(resume.experiment)
+            if saved_trials is not None and (run_dir / STUDY_FILE).is_file():
+                fail_orphaned_study_trials(
+                    _journal_storage(run_dir / STUDY_FILE), STUDY_NAME, saved_trials
+                )
             tuner = tune.Tuner.restore(
                 resume.experiment,
                 trainable=trainable,
@@ -353,7 +367,7 @@ def run_search(
                 mode=MODE,
                 sampler=sampler,
                 storage=_journal_storage(run_dir / STUDY_FILE),
-                study_name="bottletune",
+                study_name=STUDY_NAME,
             )
             scheduler = ASHAScheduler(
                 time_attr="training_iteration",

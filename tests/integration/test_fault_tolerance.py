@@ -290,6 +290,27 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(
     results = json.loads((run_dir / "results.json").read_text())
     assert len(results["trials"]) == 4
     assert all(t["status"] == "completed" for t in results["trials"])
+    # The searcher came back with its state: the Optuna study was told every
+    # trial's result, and no trial is left RUNNING. A trial the killed driver
+    # had asked for after Tune's last checkpoint ran again as a new one; its
+    # first ask is marked failed as orphaned.
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from tuning.resume import ORPHAN_ATTR
+
+    study = optuna.load_study(
+        study_name="bottletune",
+        storage=JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal"))),
+    )
+    states = optuna.trial.TrialState
+    complete = [t for t in study.trials if t.state == states.COMPLETE]
+    assert sorted(t.value for t in complete) == sorted(t["val_accuracy"] for t in results["trials"])
+    others = [t for t in study.trials if t.state != states.COMPLETE]
+    assert all(t.state == states.FAIL and t.user_attrs.get(ORPHAN_ATTR) for t in others), [
+        (t.number, t.state, t.user_attrs) for t in others
+    ]
     best = tmp_path / "best.json"
     exported = subprocess.run(
         [sys.executable, "-m", "cli", "export", str(run_dir), "--out", str(best)],

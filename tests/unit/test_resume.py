@@ -74,3 +74,50 @@ def test_a_folder_that_is_no_run_is_refused(tmp_path: Path) -> None:
     (tmp_path / "run" / "trials").rmdir()
     with pytest.raises(ResumeError, match="never started its trials"):
         load_run(tmp_path / "run", "config.yaml")
+
+
+def journal(path: Path) -> object:
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def test_trials_asked_for_after_tunes_last_checkpoint_are_marked_failed(tmp_path: Path) -> None:
+    import optuna
+
+    from tuning.resume import ORPHAN_ATTR, fail_orphaned_study_trials
+
+    storage = journal(tmp_path / "optuna.journal")
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    asked = [study.ask() for _ in range(4)]
+    study.tell(asked[0], 0.5)
+    study.tell(asked[1], 0.6)
+    # Tune's checkpoint held trials 0-2 (trial 2 still running then: it resumes and
+    # will be told); trial 3 was asked for by the driver that died afterwards.
+    assert fail_orphaned_study_trials(storage, "s", saved_trials=3) == [3]
+    trials = optuna.load_study(study_name="s", storage=journal(tmp_path / "optuna.journal")).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "RUNNING", "FAIL"]
+    assert trials[3].user_attrs == {ORPHAN_ATTR: True}
+
+    # A second interruption: Tune's trials are the study's trials without the orphan.
+    study.tell(asked[2], 0.7)
+    rerun, lost = study.ask(), study.ask()  # numbers 4 and 5
+    study.tell(rerun, 0.8)
+    assert fail_orphaned_study_trials(storage, "s", saved_trials=4) == [lost.number]
+    assert fail_orphaned_study_trials(storage, "s", saved_trials=4) == []  # idempotent
+
+
+def test_the_saved_experiment_is_counted_from_tunes_newest_state_file(tmp_path: Path) -> None:
+    import json
+
+    from tuning.resume import trials_in_saved_experiment
+
+    assert trials_in_saved_experiment(str(tmp_path)) is None
+    (tmp_path / "experiment_state-2026-12-01_10-00-00.json").write_text(
+        json.dumps({"trial_data": [["a", "b"]] * 2})
+    )
+    (tmp_path / "experiment_state-2026-12-01_11-00-00.json").write_text(
+        json.dumps({"trial_data": [["a", "b"]] * 3})
+    )
+    assert trials_in_saved_experiment(str(tmp_path)) == 3

@@ -8,6 +8,7 @@ from cluster.runtime import (
     NodeResources,
     check_trial_fits,
     connect,
+    local_session_dir,
     prefer_loopback,
     shutdown,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "SharedFeatures",
     "check_trial_fits",
     "connect",
+    "local_session_dir",
     "prefer_loopback",
     "share_features",
     "share_with_trials",

@@ -196,3 +196,15 @@ def check_trial_fits(info: ClusterInfo, cpus_per_trial: float, gpus_per_trial: f
         f"cpus_per_trial={cpus_per_trial:g} with gpus_per_trial={gpus_per_trial:g}: no node "
         f"has both (the largest has {largest_cpus:g} CPUs, {largest_gpus:g} GPUs)"
     )
+
+
+def local_session_dir() -> str | None:
+    """The session directory of the Ray node this driver runs on (None if not on one).
+
+    None for a driver connected through Ray Client (``ray://``), which has no
+    local node.
+    """
+    from ray._private import worker  # no public API gives the session directory
+
+    node = getattr(worker, "_global_node", None)
+    return None if node is None else str(node.get_session_dir_path())

@@ -11,6 +11,12 @@ Each process sends its metrics to its node every ``RAY_metrics_report_interval_m
 a trial's series goes away about two intervals after its process stops
 reporting. The per-epoch history stays in ``results.json`` and TensorBoard.
 
+Ray's dashboard provisions a Grafana from ``SESSION/metrics/grafana/`` on the
+head node; bottletune adds a dashboard of its own metrics there
+(``install_grafana_dashboard``), so a Grafana started with Ray's ``grafana.ini``
+shows them beside Ray's. The same dashboard is ``docs/grafana/bottletune.json``,
+for a Grafana of your own.
+
 Ray is imported only when a metric is first recorded, so that importing this
 module stays cheap.
 """
@@ -18,8 +24,11 @@ module stays cheap.
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from core.features import CacheStats
@@ -130,3 +139,94 @@ def metrics_endpoints() -> list[str]:
             host = f"[{host}]" if ":" in host else host  # IPv6
             urls.append(f"http://{host}:{node['MetricsExportPort']}/metrics")
     return urls
+
+
+GRAFANA_DASHBOARD_FILE = "bottletune_grafana_dashboard.json"
+GRAFANA_DASHBOARD_UID = "bottletune"
+GRAFANA_OUTPUT_DIR_ENV = "RAY_METRICS_GRAFANA_DASHBOARD_OUTPUT_DIR"
+"""Ray's own setting for where the dashboard writes Grafana's dashboards."""
+
+
+def grafana_dashboard() -> dict[str, Any]:
+    """A Grafana dashboard (JSON model) with a panel per bottletune metric.
+
+    Queries read Ray's Prometheus data source and filter by the Ray session, as
+    Ray's own dashboards do; trial gauges are drawn per ``trial_id``, cache
+    counters per entry.
+    """
+    session = '{SessionName=~"$SessionName"}'
+    panels: list[dict[str, Any]] = []
+    queries = [
+        (name, description, f"{PROMETHEUS_PREFIX}{name}{session}", "{{trial_id}}")
+        for name, (_, description) in TRIAL_GAUGES.items()
+    ] + [
+        (
+            name,
+            description,
+            f"sum by (entry) ({PROMETHEUS_PREFIX}{name}_total{session})",
+            "{{entry}}",
+        )
+        for name, description in CACHE_COUNTERS.items()
+    ]
+    for number, (name, description, expression, legend) in enumerate(queries):
+        panels.append(
+            {
+                "id": number + 1,
+                "type": "timeseries",
+                "title": name.removeprefix("bottletune_").replace("_", " "),
+                "description": description,
+                "datasource": "${datasource}",
+                "gridPos": {"h": 8, "w": 12, "x": 12 * (number % 2), "y": 8 * (number // 2)},
+                "targets": [{"refId": "A", "expr": expression, "legendFormat": legend}],
+            }
+        )
+    return {
+        "uid": GRAFANA_DASHBOARD_UID,
+        "title": "bottletune search",
+        "tags": ["bottletune", "ray"],
+        "schemaVersion": 27,
+        "refresh": "10s",
+        "time": {"from": "now-1h", "to": "now"},
+        "templating": {
+            "list": [
+                {"name": "datasource", "type": "datasource", "query": "prometheus"},
+                {
+                    "name": "SessionName",
+                    "type": "query",
+                    "datasource": "${datasource}",
+                    "query": f"label_values({PROMETHEUS_PREFIX}{TRIAL_EPOCH}, SessionName)",
+                    "includeAll": True,
+                    "multi": True,
+                },
+            ]
+        },
+        "panels": panels,
+    }
+
+
+def install_grafana_dashboard() -> Path | None:
+    """Adds bottletune's dashboard to the Grafana dashboards of the Ray session here.
+
+    Only on the node whose Ray dashboard wrote Grafana's provisioning (the head
+    of a local Ray, or a driver on the head node); elsewhere nothing is written
+    and None is returned. ``RAY_METRICS_GRAFANA_DASHBOARD_OUTPUT_DIR`` is
+    honoured as Ray honours it.
+
+    Returns:
+        The dashboard file written, or None.
+    """
+    directory = os.environ.get(GRAFANA_OUTPUT_DIR_ENV) or _session_grafana_dashboards()
+    if directory is None or not Path(directory).is_dir():
+        return None
+    path = Path(directory) / GRAFANA_DASHBOARD_FILE
+    path.write_text(json.dumps(grafana_dashboard(), indent=2) + "\n")
+    logger.info("Grafana dashboard of bottletune's metrics: %s", path)
+    return path
+
+
+def _session_grafana_dashboards() -> str | None:
+    """``SESSION/metrics/grafana/dashboards`` of the Ray node this driver runs on, if known."""
+    from cluster import local_session_dir
+
+    session = local_session_dir()
+    return None if session is None else os.path.join(session, "metrics", "grafana", "dashboards")

@@ -23,7 +23,7 @@ from core.features import CACHED_SPLITS, CacheStats, FeatureBundle, FeatureCache
 from core.hyperparameters import Hyperparameters, TrainingSetup
 from search_spaces import SearchSpace, SpaceError, load_space, to_optuna
 from tuning.config import SearchConfig, write_config
-from tuning.monitoring import export_search_metrics
+from tuning.monitoring import export_search_metrics, install_grafana_dashboard
 from tuning.resume import (
     SavedRun,
     check_resume,
@@ -322,6 +322,7 @@ def run_search(
             )
         stats = built.stats if built is not None else loaded
         export_search_metrics(stats)
+        install_grafana_dashboard()
         setup = TrainingSetup(
             backbone=config.backbone,
             weights=config.weights,

@@ -66,6 +66,7 @@ class Observed:
     actors: dict[str, dict[str, Any]] = field(default_factory=dict)
     samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    dashboard_listens_on: set[str] = field(default_factory=set)
 
     def values(self, name: str, **labels: str) -> dict[tuple[tuple[str, str], ...], float]:
         return {
@@ -115,6 +116,23 @@ def poll_once(dashboard: Dashboard, observed: Observed) -> None:
                 observed.samples[(name, labels)] = value
 
 
+def listening_hosts(port: int) -> set[str]:
+    """The local addresses a TCP port is listening on, from /proc/net/tcp and tcp6 (Linux)."""
+    hosts = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state != "0A" or int(hex_port, 16) != port:  # 0A: LISTEN
+                continue
+            if len(address) == 8:  # IPv4, little-endian
+                hosts.add(socket.inet_ntop(socket.AF_INET, bytes.fromhex(address)[::-1]))
+            else:
+                words = [bytes.fromhex(address[i : i + 8])[::-1] for i in range(0, 32, 8)]
+                hosts.add(socket.inet_ntop(socket.AF_INET6, b"".join(words)))
+    return hosts
+
+
 def watch(process: subprocess.Popen[bytes], dashboard: Dashboard) -> Observed:
     """Polls the dashboard until the search ends (bounded by SEARCH_TIMEOUT_S)."""
     observed = Observed()
@@ -122,6 +140,9 @@ def watch(process: subprocess.Popen[bytes], dashboard: Dashboard) -> Observed:
     while process.poll() is None and time.monotonic() < deadline:
         try:
             poll_once(dashboard, observed)
+            if not observed.dashboard_listens_on:
+                port = int(dashboard.url.rsplit(":", 1)[1])
+                observed.dashboard_listens_on = listening_hosts(port)
         except (OSError, ValueError, KeyError) as error:  # not up yet, or shutting down
             observed.errors.append(f"{type(error).__name__}: {error}")
         time.sleep(POLL_INTERVAL_S)
@@ -201,8 +222,10 @@ def test_a_cli_search_shows_in_dashboard_metrics_tensorboard_and_console(
     trials = {trial["trial_id"]: trial for trial in results["trials"]}
     assert len(trials) == NUM_TRIALS
 
-    # The console says where the dashboard is.
+    # The console says where the dashboard is; it listens on loopback only.
     assert f"Ray dashboard: http://127.0.0.1:{port}" in log
+    assert observed.dashboard_listens_on == {"127.0.0.1"}
+    assert "reachable from the network" not in log
 
     # Jobs view: the search's driver. Actors view: one trial actor per trial, of that job.
     drivers = [job for job in observed.jobs.values() if job.get("type") == "DRIVER"]
@@ -231,6 +254,20 @@ def test_a_cli_search_shows_in_dashboard_metrics_tensorboard_and_console(
         values = observed.values("ray_" + gauge, trial_id=seen_trial)
         assert values and all(v > 0 for v in values.values()), gauge
 
+    # Grafana: bottletune's dashboard sits with Ray's, where Ray's dashboard provisions
+    # Grafana from, and charts exactly the metrics the nodes exported.
+    (grafana_file,) = re.findall(r"Grafana dashboard of bottletune's metrics: (\S+)", log)
+    assert Path(grafana_file).parent.name == "dashboards"
+    assert (Path(grafana_file).parent / "default_grafana_dashboard.json").is_file()
+    charted = {
+        name
+        for panel in json.loads(Path(grafana_file).read_text())["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"ray_bottletune_\w+", target["expr"])
+    }
+    exported = {name for name, _ in observed.samples}
+    assert exported and exported <= charted, (exported, charted)
+
     # TensorBoard: Ray Tune wrote an event file per trial, with every epoch's val_accuracy.
     for trial_id, trial in trials.items():
         (event_file,) = (run_dir / "trials" / f"trial_{trial_id}").glob("events.out.tfevents.*")
@@ -246,3 +283,25 @@ def test_a_cli_search_shows_in_dashboard_metrics_tensorboard_and_console(
     assert "val_accuracy" in header
     for trial_id, trial in trials.items():
         assert re.search(rf"trial_{trial_id}\s+TERMINATED\s", console), trial["status"]
+
+
+def test_a_dashboard_host_other_than_loopback_is_served_there_with_a_warning(
+    ray_temp_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from cluster import connect, shutdown
+
+    port = free_port()
+    with caplog.at_level("WARNING", logger="cluster.runtime"):
+        info = connect(
+            None, num_cpus=1, num_gpus=0, dashboard_host="0.0.0.0", dashboard_port=port,
+            object_store_memory=80 * 1024 * 1024, temp_dir=str(ray_temp_dir),
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (listening := listening_hosts(port)) and time.monotonic() < deadline:
+            time.sleep(0.5)  # the dashboard may still be starting
+    finally:
+        shutdown(info)
+    assert listening == {"0.0.0.0"}, "the dashboard did not listen where it was asked to"
+    assert f"listen on 0.0.0.0:{port}, reachable from the network" in caplog.text
+    assert "submit jobs" in caplog.text

@@ -147,3 +147,32 @@ def test_importing_monitoring_does_not_import_ray() -> None:
     )
 
     assert json.loads(result.stdout.strip().splitlines()[-1]) is False
+
+
+def dashboard_metric_names(dashboard: dict[str, Any]) -> set[str]:
+    expressions = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    return {name for e in expressions for name in re.findall(r"ray_bottletune_\w+", e)}
+
+
+def test_the_grafana_dashboard_charts_every_exported_metric() -> None:
+    dashboard = monitoring.grafana_dashboard()
+    prefix = monitoring.PROMETHEUS_PREFIX
+    assert dashboard_metric_names(dashboard) == {
+        *(prefix + name for name in monitoring.TRIAL_GAUGES),
+        *(prefix + name + "_total" for name in monitoring.CACHE_COUNTERS),  # counters get _total
+    }
+    assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])
+    # The copy in docs/ (for a Grafana of one's own) is this very dashboard.
+    shipped = json.loads((REPO_ROOT / "docs" / "grafana" / "bottletune.json").read_text())
+    assert shipped == dashboard, "docs/grafana/bottletune.json is stale; regenerate it"
+
+
+def test_the_grafana_dashboard_goes_where_rays_dashboard_provisions_grafana(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(monitoring.GRAFANA_OUTPUT_DIR_ENV, str(tmp_path / "missing"))
+    assert monitoring.install_grafana_dashboard() is None  # no provisioned Grafana here
+    monkeypatch.setenv(monitoring.GRAFANA_OUTPUT_DIR_ENV, str(tmp_path))
+    written = monitoring.install_grafana_dashboard()
+    assert written == tmp_path / monitoring.GRAFANA_DASHBOARD_FILE
+    assert json.loads(written.read_text()) == monitoring.grafana_dashboard()

@@ -146,7 +146,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m bench.cache_vs_naive",
         description="Per-epoch time of one trial on cached features vs. a naive full-VGG16 fit.",
     )
-    parser.add_argument("--size", type=positive_int, default=64, help="image side in px")
+    parser.add_argument("--size", type=positive_int, default=96, help="image side in px")
     parser.add_argument(
         "--per-class",
         type=positive_int,

@@ -1,8 +1,10 @@
 """``ray job submit`` of a search to a running, token-secured cluster, as on a real one.
 
 The repository goes up as the job's working_dir (the .gitignore'd .venv and
-demo data stay behind), and ``python -m cli tune --address auto`` runs as the
-job's driver on the head node, with trials on the same node.
+demo data stay behind), and ``bottletune tune --address auto`` (the README's
+command) runs as the job's driver on the head node, with trials on the same
+node. Ray puts the working_dir first on the job's PYTHONPATH, so the uploaded
+code is what runs, ahead of the bottletune installed on the node.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def test_job_submit_runs_a_search_and_lists_it(
             "--working-dir", str(REPO),
             "--runtime-env-json", json.dumps({"excludes": EXCLUDES}),
             "--",
-            "python", "-m", "cli", "tune", "--address", "auto", "--config", "demo",
+            "bottletune", "tune", "--address", "auto", "--config", "demo",
             "--data", str(shapes_data), "--out", str(run_dir), "--quiet", *settings,
             timeout=900,
         )  # fmt: skip

@@ -56,6 +56,24 @@ def small_config(tmp_path: Path, **overrides: object) -> SearchConfig:
     return load_config(overrides=values)
 
 
+def trial_pids(trial_dir: Path) -> set[int]:
+    """The processes a trial reported from (Ray Tune's result.json)."""
+    lines = (trial_dir / "result.json").read_text().splitlines()
+    return {json.loads(line)["pid"] for line in lines if line.strip()}
+
+
+def wait_until_exited(pids: set[int], timeout_s: float = 30.0) -> bool:
+    """Whether every process in ``pids`` has exited within the timeout (Ray reaps actors async)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not any(Path(f"/proc/{pid}").exists() for pid in pids):
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def test_search_computes_features_once_and_a_second_search_reuses_them(
     local_ray: None, shapes_data: Path, tmp_path: Path
 ) -> None:
@@ -94,6 +112,12 @@ def test_search_computes_features_once_and_a_second_search_reuses_them(
     )
     stopped = [t for t in first.trials if t["status"] == "stopped_early"]
     assert all(t["epochs"] < config.max_epochs for t in stopped)
+    # Every trial ran in a process of its own, which is gone once the trial ended
+    # (stopped by ASHA or not): its TensorFlow and GPU memory went with it.
+    pids = {trial["trial_id"]: trial_pids(Path(trial["path"])) for trial in first.trials}
+    assert all(len(p) == 1 for p in pids.values()), pids
+    assert len({p for ps in pids.values() for p in ps}) == len(first.trials)
+    assert wait_until_exited({p for ps in pids.values() for p in ps}), "a trial process lives on"
     depths = {t["hyperparameters"]["unfreeze_blocks"] for t in first.trials}
     assert depths <= {0, 1, 2}
     # Augmented and plain trials both trained, on the same shared entries.

@@ -151,3 +151,27 @@ def test_an_explicit_limit_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = fake_tensorflow_gpus(monkeypatch, 1, [24_000])
     runtime.configure_tensorflow(None, gpu_fraction=0.25, gpu_memory_mb=3000)
     assert calls["limit"] == [("/physical_device:GPU:0", 3000)]
+
+
+@pytest.mark.parametrize("cpus", [1, 3])
+def test_tensorflow_threads_match_the_cpus_a_trial_was_given(cpus: int) -> None:
+    """In a fresh process, as a trial's is: TensorFlow fixes its pools at its first op."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from core.runtime import configure_tensorflow\n"
+        "configure_tensorflow(int(sys.argv[1]))\n"
+        "import tensorflow as tf\n"
+        "tf.constant(1.0) + 1.0\n"  # the pools exist now, with these sizes
+        "print(tf.config.threading.get_intra_op_parallelism_threads(),"
+        " tf.config.threading.get_inter_op_parallelism_threads())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(cpus)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    intra, inter = (int(value) for value in result.stdout.split()[-2:])
+    assert (intra, inter) == (cpus, min(2, cpus))

@@ -93,7 +93,9 @@ def test_finetuning_never_runs_the_frozen_blocks(
     assert all(np.isfinite(r["loss"]) and np.isfinite(r["val_loss"]) for r in reports)
 
 
-def test_augmented_trials_train_on_views_of_their_strength(bundle: FeatureBundle) -> None:
+def test_augmented_trials_train_on_views_of_their_strength_and_validate_on_plain_features(
+    bundle: FeatureBundle,
+) -> None:
     trainer = RecipeTrainer(Hyperparameters(augmentation=1.0), setup(epochs=1), bundle)
     used: list[np.ndarray] = []
     original = trainer.head.train_on_batch
@@ -102,8 +104,20 @@ def test_augmented_trials_train_on_views_of_their_strength(bundle: FeatureBundle
         used.append(np.array(x))
         return original(x, y, **kwargs)
 
+    validated: list[np.ndarray] = []
+    original_test = trainer.head.test_on_batch
+
+    def validation_spy(x, y, **kwargs):  # type: ignore[no-untyped-def]
+        validated.append(np.array(x))
+        return original_test(x, y, **kwargs)
+
     trainer.head.train_on_batch = spy  # type: ignore[method-assign]
+    trainer.head.test_on_batch = validation_spy  # type: ignore[method-assign]
     trainer.train_epoch()
+    # Validation is never augmented: the plain cached features, every image once.
+    np.testing.assert_array_equal(
+        np.concatenate(validated), np.asarray(bundle.features("block5_pool", "validation"))
+    )
     seen = np.concatenate(used)
     views = bundle.views_of("block5_pool", 1.0)
     plain = bundle.features("block5_pool", "train")

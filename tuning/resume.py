@@ -162,14 +162,17 @@ def check_resume(
 
 
 ORPHAN_ATTR = "bottletune_orphaned"
-"""User attribute on an Optuna trial that an interrupted driver asked for but never saved."""
+"""User attribute on an Optuna trial that an interrupted driver asked for but Tune never saved."""
+ORPHANS_STUDY_ATTR = "bottletune_orphans"
+"""Study user attribute: the numbers of every such trial, whatever state it ended in."""
 
 
 def trials_in_saved_experiment(experiment: str) -> int | None:
-    """How many trials Ray Tune's newest saved experiment state holds (None if there is none).
+    """How many trials Ray Tune's newest saved experiment state holds (None if unknown).
 
     Read as plain JSON (``experiment_state-<time>.json``), the file Tune
-    restores from: nothing is unpickled here.
+    restores from: nothing is unpickled here. The file is Tune's own; when it
+    has no ``trial_data`` list, this says so and returns None.
     """
     import pyarrow.fs
 
@@ -184,19 +187,29 @@ def trials_in_saved_experiment(experiment: str) -> int | None:
         return None
     with filesystem.open_input_stream(states[-1]) as stream:
         state = json.loads(stream.readall())
-    return len(state.get("trial_data", []))
+    trials = state.get("trial_data") if isinstance(state, dict) else None
+    if not isinstance(trials, list):
+        logger.warning(
+            "%s has no trial_data list (another Ray Tune version?); the Optuna study is "
+            "resumed as it is",
+            states[-1],
+        )
+        return None
+    return len(trials)
 
 
 def fail_orphaned_study_trials(storage: Any, study_name: str, saved_trials: int) -> list[int]:
-    """Marks failed the study's trials that Ray Tune will never report to.
+    """Sets apart the study's trials that Ray Tune will never report to.
 
     Tune restores the searcher as it was at its last experiment checkpoint,
-    which held ``saved_trials`` trials: the first ``saved_trials`` trials of the
-    study (not counting trials an earlier resume marked here). A driver killed
-    after that checkpoint had already asked the study for more; those would
-    stay RUNNING forever, while Tune starts their trials again as new ones. They
-    are marked FAIL with the user attribute ``bottletune_orphaned``, as Optuna's
-    own heartbeat marks the trials of a dead worker.
+    which held ``saved_trials`` trials: the study's first ``saved_trials``
+    trials, not counting orphans set apart by an earlier resume. A driver killed
+    after that checkpoint had already asked the study for more; Tune starts
+    those trials again as new ones. Every such orphan is listed in the study's
+    ``bottletune_orphans`` attribute (so later resumes count right, whatever
+    state it ended in), and one still RUNNING is marked FAIL with the trial
+    attribute ``bottletune_orphaned``, as Optuna's heartbeat marks the trials
+    of a dead worker.
 
     Args:
         storage: The study's Optuna storage (the run's journal).
@@ -204,32 +217,39 @@ def fail_orphaned_study_trials(storage: Any, study_name: str, saved_trials: int)
         saved_trials: Trials in Tune's newest saved experiment state.
 
     Returns:
-        The numbers of the trials marked.
+        The numbers of the trials newly set apart.
     """
     import optuna
 
     study = optuna.load_study(study_name=study_name, storage=storage)
-    known = 0
+    study_id = storage.get_study_id_from_name(study_name)
+    known_orphans = set(study.user_attrs.get(ORPHANS_STUDY_ATTR, []))
+    counted = 0
     orphans = []
     for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        if trial.user_attrs.get(ORPHAN_ATTR):
+        if trial.number in known_orphans:
             continue
-        if known < saved_trials:
-            known += 1
-        elif trial.state == optuna.trial.TrialState.RUNNING:
+        if counted < saved_trials:
+            counted += 1
+        else:
             orphans.append(trial)
+    if not orphans:
+        return []
+    storage.set_study_user_attr(
+        study_id, ORPHANS_STUDY_ATTR, sorted(known_orphans | {t.number for t in orphans})
+    )
     for trial in orphans:
-        # FrozenTrial has no public storage id; Optuna's own helpers read it this way.
-        storage.set_trial_user_attr(trial._trial_id, ORPHAN_ATTR, True)
-        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
-    if orphans:
-        logger.warning(
-            "Optuna trials %s were asked for after Ray Tune's last checkpoint of the "
-            "interrupted search; Tune runs them again as new trials, so these are marked "
-            "failed (user attribute %s)",
-            [trial.number for trial in orphans],
-            ORPHAN_ATTR,
-        )
+        if trial.state == optuna.trial.TrialState.RUNNING:
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+            storage.set_trial_user_attr(trial_id, ORPHAN_ATTR, True)
+            storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+    logger.warning(
+        "Optuna trials %s were asked for after Ray Tune's last checkpoint of the "
+        "interrupted search; Tune runs them again as new trials, so these are set apart "
+        "(study attribute %s; the running ones marked failed)",
+        [trial.number for trial in orphans],
+        ORPHANS_STUDY_ATTR,
+    )
     return [trial.number for trial in orphans]
 
 

@@ -83,29 +83,45 @@ def journal(path: Path) -> object:
     return JournalStorage(JournalFileBackend(str(path)))
 
 
-def test_trials_asked_for_after_tunes_last_checkpoint_are_marked_failed(tmp_path: Path) -> None:
+def test_trials_asked_for_after_tunes_last_checkpoint_are_set_apart(tmp_path: Path) -> None:
     import optuna
 
-    from tuning.resume import ORPHAN_ATTR, fail_orphaned_study_trials
+    from tuning.resume import ORPHAN_ATTR, ORPHANS_STUDY_ATTR, fail_orphaned_study_trials
 
     storage = journal(tmp_path / "optuna.journal")
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
-    asked = [study.ask() for _ in range(4)]
+    asked = [study.ask() for _ in range(5)]
     study.tell(asked[0], 0.5)
     study.tell(asked[1], 0.6)
     # Tune's checkpoint held trials 0-2 (trial 2 still running then: it resumes and
-    # will be told); trial 3 was asked for by the driver that died afterwards.
-    assert fail_orphaned_study_trials(storage, "s", saved_trials=3) == [3]
-    trials = optuna.load_study(study_name="s", storage=journal(tmp_path / "optuna.journal")).trials
-    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "RUNNING", "FAIL"]
-    assert trials[3].user_attrs == {ORPHAN_ATTR: True}
+    # will be told); the driver that died afterwards asked for 3 and 4, and 3 even
+    # finished before the kill.
+    study.tell(asked[3], 0.9)
+    assert fail_orphaned_study_trials(storage, "s", saved_trials=3) == [3, 4]
+    reread = optuna.load_study(study_name="s", storage=journal(tmp_path / "optuna.journal"))
+    assert [t.state.name for t in reread.trials] == [
+        "COMPLETE", "COMPLETE", "RUNNING", "COMPLETE", "FAIL",
+    ]  # fmt: skip
+    assert reread.trials[4].user_attrs == {ORPHAN_ATTR: True}
+    assert reread.user_attrs[ORPHANS_STUDY_ATTR] == [3, 4]
 
-    # A second interruption: Tune's trials are the study's trials without the orphan.
+    # A second interruption: Tune's trials are the study's trials but the orphans.
     study.tell(asked[2], 0.7)
-    rerun, lost = study.ask(), study.ask()  # numbers 4 and 5
+    rerun, lost = study.ask(), study.ask()  # numbers 5 and 6
     study.tell(rerun, 0.8)
     assert fail_orphaned_study_trials(storage, "s", saved_trials=4) == [lost.number]
     assert fail_orphaned_study_trials(storage, "s", saved_trials=4) == []  # idempotent
+    states = [t.state.name for t in optuna.load_study(study_name="s", storage=storage).trials]
+    assert states[5:] == ["COMPLETE", "FAIL"], "a trial Tune still runs was set apart"
+
+
+def test_an_unreadable_experiment_state_leaves_the_study_alone(tmp_path: Path) -> None:
+    import json
+
+    from tuning.resume import trials_in_saved_experiment
+
+    (tmp_path / "experiment_state-2026-12-01_10-00-00.json").write_text(json.dumps({"x": 1}))
+    assert trials_in_saved_experiment(str(tmp_path)) is None
 
 
 def test_the_saved_experiment_is_counted_from_tunes_newest_state_file(tmp_path: Path) -> None:

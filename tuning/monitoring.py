@@ -143,8 +143,8 @@ def metrics_endpoints() -> list[str]:
 
 GRAFANA_DASHBOARD_FILE = "bottletune_grafana_dashboard.json"
 GRAFANA_DASHBOARD_UID = "bottletune"
-GRAFANA_OUTPUT_DIR_ENV = "RAY_METRICS_GRAFANA_DASHBOARD_OUTPUT_DIR"
-"""Ray's own setting for where the dashboard writes Grafana's dashboards."""
+GRAFANA_PROVISIONING = Path("metrics", "grafana", "provisioning", "dashboards", "default.yml")
+"""Where, in a Ray session, the dashboard tells Grafana which folder to load dashboards from."""
 
 
 def grafana_dashboard() -> dict[str, Any]:
@@ -207,26 +207,51 @@ def grafana_dashboard() -> dict[str, Any]:
 def install_grafana_dashboard() -> Path | None:
     """Adds bottletune's dashboard to the Grafana dashboards of the Ray session here.
 
-    Only on the node whose Ray dashboard wrote Grafana's provisioning (the head
-    of a local Ray, or a driver on the head node); elsewhere nothing is written
-    and None is returned. ``RAY_METRICS_GRAFANA_DASHBOARD_OUTPUT_DIR`` is
-    honoured as Ray honours it.
+    Only where Ray's dashboard provisioned Grafana, on the head node: the
+    folder is the one Ray wrote into ``SESSION/metrics/grafana/provisioning/
+    dashboards/default.yml`` (so it follows Ray's own settings for it). A driver
+    on another node, or behind Ray Client, writes nothing. A folder that cannot
+    be written is a warning, not an error: the search goes on.
 
     Returns:
         The dashboard file written, or None.
     """
-    directory = os.environ.get(GRAFANA_OUTPUT_DIR_ENV) or _session_grafana_dashboards()
-    if directory is None or not Path(directory).is_dir():
+    from cluster import local_session_dir
+
+    session = local_session_dir()
+    directory = grafana_dashboards_folder(Path(session)) if session else None
+    if directory is None:
+        logger.info("no Grafana provisioned by Ray on this node; no Grafana dashboard written")
         return None
-    path = Path(directory) / GRAFANA_DASHBOARD_FILE
-    path.write_text(json.dumps(grafana_dashboard(), indent=2) + "\n")
+    path = directory / GRAFANA_DASHBOARD_FILE
+    staging = directory / f".{GRAFANA_DASHBOARD_FILE}.tmp"
+    try:
+        # Grafana polls the folder: it must never read half a file.
+        staging.write_text(json.dumps(grafana_dashboard(), indent=2) + "\n")
+        os.replace(staging, path)
+    except OSError as error:
+        staging.unlink(missing_ok=True)
+        logger.warning("could not write the Grafana dashboard to %s: %s", path, error)
+        return None
     logger.info("Grafana dashboard of bottletune's metrics: %s", path)
     return path
 
 
-def _session_grafana_dashboards() -> str | None:
-    """``SESSION/metrics/grafana/dashboards`` of the Ray node this driver runs on, if known."""
-    from cluster import local_session_dir
+def grafana_dashboards_folder(session: Path) -> Path | None:
+    """The dashboards folder Ray's provisioning names in this session, if it exists."""
+    provisioning = session / GRAFANA_PROVISIONING
+    try:
+        text = provisioning.read_text()
+    except OSError:
+        return None
+    import yaml
 
-    session = local_session_dir()
-    return None if session is None else os.path.join(session, "metrics", "grafana", "dashboards")
+    try:
+        providers = (yaml.safe_load(text) or {}).get("providers") or []
+        folders = [
+            Path(p["options"]["path"]) for p in providers if p.get("options", {}).get("path")
+        ]
+    except (yaml.YAMLError, AttributeError, TypeError, KeyError):
+        logger.warning("%s is not the Grafana provisioning Ray writes; skipped", provisioning)
+        return None
+    return next((folder for folder in folders if folder.is_dir()), None)

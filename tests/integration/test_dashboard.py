@@ -267,6 +267,8 @@ def test_a_cli_search_shows_in_dashboard_metrics_tensorboard_and_console(
     }
     exported = {name for name, _ in observed.samples}
     assert exported and exported <= charted, (exported, charted)
+    # Every panel filters by Ray session: the samples carry that label.
+    assert all(dict(labels).get("SessionName") for _, labels in observed.samples)
 
     # TensorBoard: Ray Tune wrote an event file per trial, with every epoch's val_accuracy.
     for trial_id, trial in trials.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -170,9 +171,37 @@ def test_the_grafana_dashboard_charts_every_exported_metric() -> None:
 def test_the_grafana_dashboard_goes_where_rays_dashboard_provisions_grafana(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(monitoring.GRAFANA_OUTPUT_DIR_ENV, str(tmp_path / "missing"))
+    import cluster
+
+    session = tmp_path / "session"
+    monkeypatch.setattr(cluster, "local_session_dir", lambda: str(session))
     assert monitoring.install_grafana_dashboard() is None  # no provisioned Grafana here
-    monkeypatch.setenv(monitoring.GRAFANA_OUTPUT_DIR_ENV, str(tmp_path))
+
+    # What Ray's dashboard writes: provisioning that names the dashboards folder.
+    folder = tmp_path / "elsewhere" / "dashboards"
+    folder.mkdir(parents=True)
+    provisioning = session / monitoring.GRAFANA_PROVISIONING
+    provisioning.parent.mkdir(parents=True)
+    provisioning.write_text(
+        "apiVersion: 1\nproviders:\n  - name: Ray\n    folder: Ray\n    type: file\n"
+        f"    options:\n      path: {folder}\n"
+    )
     written = monitoring.install_grafana_dashboard()
-    assert written == tmp_path / monitoring.GRAFANA_DASHBOARD_FILE
+    assert written == folder / monitoring.GRAFANA_DASHBOARD_FILE
     assert json.loads(written.read_text()) == monitoring.grafana_dashboard()
+    assert [p.name for p in folder.iterdir()] == [monitoring.GRAFANA_DASHBOARD_FILE]
+
+    # A folder that cannot be written is a warning, and the search goes on.
+    written.unlink()
+    folder.chmod(0o500)
+    try:
+        if os.access(folder, os.W_OK):  # root writes anyway: make it a file instead
+            folder.chmod(0o700)
+            (folder / monitoring.GRAFANA_DASHBOARD_FILE).mkdir()
+        assert monitoring.install_grafana_dashboard() is None
+        assert not list(folder.glob(".*.tmp")), "a half-written file was left behind"
+    finally:
+        folder.chmod(0o700)
+
+    monkeypatch.setattr(cluster, "local_session_dir", lambda: None)  # Ray Client
+    assert monitoring.install_grafana_dashboard() is None

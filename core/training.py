@@ -200,9 +200,10 @@ class RecipeTrainer:
                 ),
                 loss=loss_for(self.num_classes),
                 metrics=["accuracy"],
-                # Keras' default (no XLA on CPUs). XLA was measured here (TF 2.21,
-                # 2 cores): no faster at unfreeze 1, 15-30% slower at unfreeze 2,
-                # 10-18x slower per batch at 32 px, and ~1.5 s of compiling.
+                # Keras' default: no XLA on CPUs, XLA where a GPU is visible. Forcing
+                # XLA was measured on CPU here (TF 2.21, 2 cores): no faster at
+                # unfreeze 1, 15-30% slower at unfreeze 2, 10-18x slower per batch at
+                # 32 px. GPUs were not measured; there Keras' own choice stands.
             )
         return self.finetune_model
 

@@ -269,7 +269,8 @@ def test_float16_features_train_a_model_that_predicts_like_float32(
     """The same trial (fine-tuning one block, augmented) on float16 and on float32 entries.
 
     Both final models run on the same validation images. Measured here: at most
-    about 4e-5 apart in probability; the stated tolerance is 1e-3.
+    about 4e-5 apart in probability, the same accuracy every epoch; the stated
+    tolerance is 1e-3 in probability.
     """
     index = scan_dataset(shapes_data)
     cache = FeatureCache(tmp_path / "cache")
@@ -293,6 +294,7 @@ def test_float16_features_train_a_model_that_predicts_like_float32(
     assert [r["phase"] for r in reports["float16"]] == [1, 2, 2]
     difference = np.abs(predictions["float16"] - predictions["float32"]).max()
     assert difference <= FLOAT16_PROBABILITY_TOLERANCE, difference
-    assert [r["val_accuracy"] for r in reports["float16"]] == [
-        r["val_accuracy"] for r in reports["float32"]
-    ]
+    # Accuracies may differ by an image whose probability sits at the boundary.
+    one_image = 1 / len(images)
+    for half, full in zip(reports["float16"], reports["float32"], strict=True):
+        assert abs(half["val_accuracy"] - full["val_accuracy"]) <= one_image + 1e-9

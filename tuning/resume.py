@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.features import is_uri
 from search_spaces import SearchSpace, space_from_mapping
 from tuning.config import SearchConfig, load_config
 
@@ -254,4 +255,4 @@ def fail_orphaned_study_trials(storage: Any, study_name: str, saved_trials: int)
 
 
 def _as_uri(location: str) -> str:
-    return location if "://" in location else Path(location).absolute().as_uri()
+    return location if is_uri(location) else Path(location).absolute().as_uri()

@@ -349,7 +349,7 @@ def run_search(
             # searcher (with the Optuna study) as saved; finished trials stay
             # finished, unfinished and errored ones continue from their
             # last checkpoint. Study trials asked for after that checkpoint
-            # are orphans: marked failed first.
+            # are orphans: set apart first (see fail_orphaned_study_trials).
             saved_trials = trials_in_saved_experiment(resume.experiment)
             if saved_trials is not None and (run_dir / STUDY_FILE).is_file():
                 fail_orphaned_study_trials(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cluster.auth import TokenAuthError
 from cluster.object_store import SharedFeatures, share_features, share_with_trials
 from cluster.runtime import (
     ClusterInfo,
@@ -17,6 +18,7 @@ __all__ = [
     "ClusterInfo",
     "NodeResources",
     "SharedFeatures",
+    "TokenAuthError",
     "check_trial_fits",
     "connect",
     "local_session_dir",

@@ -8,6 +8,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from cluster.auth import join_error, prepare_to_join
+
 logger = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
@@ -134,8 +136,30 @@ def connect(
         # that happens to run on this machine.
         context = ray.init(address="local", **kwargs)
         return _describe(ray, context)
-    context = ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    # A token-authenticated cluster is joined with the token at hand, and one
+    # that refuses it fails here in a second instead of after Ray's retries.
+    prepare_to_join(address)
+    try:
+        context = ray.init(
+            address=address, runtime_env=_quiet_workers(runtime_env), log_to_driver=True
+        )
+    except ConnectionError as error:
+        raise join_error(address, error) from error
     return _describe(ray, context)
+
+
+def _quiet_workers(runtime_env: dict[str, Any] | None) -> dict[str, Any]:
+    """The job's runtime environment, with TensorFlow's start-up noise silenced in its workers.
+
+    A local Ray's workers inherit this process's environment, but a joined
+    cluster's do not: the settings travel in ``env_vars``. The caller's own
+    ``env_vars`` win.
+    """
+    from core.runtime import quiet_environment
+
+    environment = dict(runtime_env or {})
+    environment["env_vars"] = {**quiet_environment(), **environment.get("env_vars", {})}
+    return environment
 
 
 def _describe(ray: Any, context: Any = None, *, connected_here: bool = True) -> ClusterInfo:

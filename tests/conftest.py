@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+REAL_HOME_ENV = "BOTTLETUNE_TEST_REAL_HOME"
+"""Where the user's home directory is while the tests run under a temporary one."""
+
+# Every Ray this test session starts (in this process, in CLI children and in
+# `ray start` heads, which all inherit the environment) writes its token to
+# $HOME/.ray/auth_token when it finds none, and Ray Tune and Keras default to
+# folders under $HOME too: all of that goes to a temporary home, never the
+# user's. Some of those paths are worked out when a module is imported, so
+# this runs before any test imports ray. A nested pytest keeps the outer
+# session's temporary home and its record of the real one.
+if REAL_HOME_ENV not in os.environ:
+    os.environ[REAL_HOME_ENV] = os.path.expanduser("~")
+    _temporary_home = tempfile.mkdtemp(prefix="bt-home-")
+    os.environ["HOME"] = _temporary_home
+    atexit.register(shutil.rmtree, _temporary_home, ignore_errors=True)
+# The user's own token settings would make the tests join or start clusters
+# with the user's credentials; each test that needs a token sets its own.
+for _setting in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+    os.environ.pop(_setting, None)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Keep every Ray process of the tests (and of CLI children, which inherit the

@@ -38,7 +38,7 @@ demo: $(STAMP)
 	$(BIN)/bottletune export $(DEMO_RUN)/search --out $(DEMO_RUN)/best.json
 	$(BIN)/bottletune train --config $(DEMO_RUN)/best.json --data demo/data --out $(DEMO_RUN)/model --cache-dir demo/cache
 	$(BIN)/bottletune evaluate --model $(DEMO_RUN)/model/model.keras --data demo/data
-	$(BIN)/bottletune predict --model $(DEMO_RUN)/model/model.keras $$(ls demo/data/test/*/* | head -n 3)
+	$(BIN)/bottletune predict --model $(DEMO_RUN)/model/model.keras $$(for class in demo/data/test/*/; do ls "$$class"* | head -n 1; done)
 	@echo
 	@echo "data:          demo/data"
 	@echo "feature cache: demo/cache"

@@ -1,4 +1,4 @@
-"""TensorFlow process settings for one trial or one training run: threads and GPU memory."""
+"""TensorFlow process settings for one trial or one training run: threads, GPU memory, logs."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +35,100 @@ class GpuMemorySetting:
     limit_mb: int | None
 
 
-def quiet_tensorflow() -> None:
-    """Hides TensorFlow's C++ start-up chatter unless the user set a level."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+QUIET_TENSORFLOW_ENVIRONMENT: Mapping[str, str] = {"TF_CPP_MIN_LOG_LEVEL": "3"}
+"""What keeps TensorFlow's C++ start-up lines out of a process that has not imported it yet.
+
+Level 3 hides TensorFlow's C++ INFO, WARNING and ERROR lines; 2 would keep
+the ERROR ones, among them "failed call to cuInit" on every machine without a
+GPU (and in every CPU-only Ray trial on a GPU node), which reads like a
+failure. The trade-off: a C++ ERROR line that does matter is hidden too.
+Errors that stop a run still reach the user as Python exceptions with their
+message, Python-side warnings (Keras, ``warnings``, absl-py) are untouched, and
+the case where the hidden cuInit line mattered, a GPU that TensorFlow cannot
+use, gets a warning of its own (``configure_gpu_memory``). A level the user set
+wins, and ``bottletune -v`` shows every line.
+
+What no level hides: the lines TensorFlow's libraries write while they load,
+before TensorFlow hands its level to Abseil logging (which writes everything
+to stderr until then): "WARNING: All log messages before absl::InitializeLog()
+is called are written to STDERR", the oneDNN notice and, without a CUDA
+driver, "Could not find cuda drivers on your machine", twice per process (two
+libraries each bring their own copy of the logging code).
+``TF_ENABLE_ONEDNN_OPTS=0`` would drop the oneDNN notice, but by changing how
+TensorFlow computes on CPUs, which is not worth one INFO line.
+"""
+
+NVIDIA_DRIVER_FILE = "/proc/driver/nvidia/version"
+"""Present on Linux when NVIDIA's kernel driver is loaded."""
+
+
+def quiet_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment variables that keep TensorFlow's start-up chatter out of a process.
+
+    For processes this one does not start itself: pass them in a Ray job's
+    ``runtime_env["env_vars"]`` so that workers on a joined cluster are as
+    quiet as a local Ray's, which inherit the driver's environment.
+
+    Args:
+        environ: Where a value the user set wins (default: this process's
+            environment), so that e.g. ``TF_CPP_MIN_LOG_LEVEL=0`` reaches the
+            workers too.
+
+    Returns:
+        Variable names and values, new dict per call.
+    """
+    environ = os.environ if environ is None else environ
+    return {name: environ.get(name, value) for name, value in QUIET_TENSORFLOW_ENVIRONMENT.items()}
+
+
+def quiet_tensorflow(level: int | None = None) -> None:
+    """Hides TensorFlow's C++ start-up chatter in this process, unless the user set a level.
+
+    TensorFlow reads the level once, when it loads, so this works only before
+    the first ``import tensorflow`` (or keras) in the process. Some lines come
+    earlier still and cannot be hidden: see ``QUIET_TENSORFLOW_ENVIRONMENT``.
+
+    Args:
+        level: A ``TF_CPP_MIN_LOG_LEVEL`` to use instead of the quiet one
+            (0 shows everything); a level already in the environment still wins.
+    """
+    if "tensorflow" in sys.modules:
+        logger.debug("TensorFlow is already loaded: its C++ log level stays as it is")
+    if level is not None:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", str(level))
+    for name, value in quiet_environment().items():
+        os.environ.setdefault(name, value)
+
+
+def gpu_expected(
+    environ: Mapping[str, str] | None = None, *, driver_file: str = NVIDIA_DRIVER_FILE
+) -> bool:
+    """Whether this process should see a GPU.
+
+    True when ``CUDA_VISIBLE_DEVICES`` names one (Ray sets it for a trial that
+    got GPUs; it sets it empty for one that got none), or, where the variable
+    is unset, when NVIDIA's driver is loaded on this machine.
+    """
+    ids = visible_gpu_ids(environ)
+    if ids is not None:
+        return bool(ids)
+    return os.path.exists(driver_file)
+
+
+def warn_if_gpus_unusable(tf: Any) -> None:
+    """Says so when this process should have a GPU and TensorFlow has none.
+
+    Stands in for TensorFlow's own reason (e.g. "failed call to cuInit"),
+    which the quiet log level hides.
+    """
+    if not tf.test.is_built_with_cuda() or not gpu_expected():
+        return
+    ids = visible_gpu_ids()
+    given = f"CUDA_VISIBLE_DEVICES={','.join(ids)}" if ids else "NVIDIA's driver is loaded"
+    hint = ""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") == "3":
+        hint = "; run with TF_CPP_MIN_LOG_LEVEL=0 (or bottletune -v) to see TensorFlow's reason"
+    logger.warning("TensorFlow sees no GPU although %s: this process runs on CPUs%s", given, hint)
 
 
 def configure_tensorflow(
@@ -101,6 +194,7 @@ def configure_gpu_memory(
 
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
+        warn_if_gpus_unusable(tf)
         return ()
     totals: Sequence[int | None] = [None] * len(gpus)
     if memory_mb is None and 0.0 < fraction < 1.0:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -175,6 +176,14 @@ class RecipeTrainer:
     @property
     def done(self) -> bool:
         return self.epoch >= self.setup.epochs
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Training batches in one epoch: how often ``train_epoch`` calls ``on_batch``.
+
+        The same in both phases (and with augmentation: one view per image).
+        """
+        return math.ceil(len(self._labels["train"]) / self.hparams.batch_size)
 
     def _ensure_backbone(self) -> keras.Model:
         if self.backbone_model is None:

@@ -504,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from core.data import load_images, scan_dataset
     from core.demo_data import make_demo_data
-    from core.features import FeatureCache
+    from core.features import FeatureCache, FeatureRequest
     from core.model import build_head
 
     spec = get_backbone(BACKBONE)
@@ -519,18 +519,17 @@ def main(argv: list[str] | None = None) -> int:
         index = scan_dataset(Path(scratch) / "data")
         cache = FeatureCache(Path(scratch) / "cache")
         extraction_started = time.perf_counter()
-        bundle = cache.ensure(
-            index,
+        request = FeatureRequest(
             backbone=BACKBONE,
             weights=WEIGHTS,
             image_size=args.size,
-            cuts=cuts,
-            augmentations=[s for s in strengths if s > 0],
+            cuts=tuple(cuts),
+            augmentations=tuple(s for s in strengths if s > 0),
             views=args.views,
             dtype="float32",
             seed=SEED,
-            progress=False,
         )
+        bundle = cache.ensure(index, request, progress=False)
         extraction_seconds = time.perf_counter() - extraction_started
         # Memory-mapped entries: read them before the scratch folder goes.
         bundle.cuts = {c: {s: np.array(a) for s, a in v.items()} for c, v in bundle.cuts.items()}

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     from core.data import scan_dataset
     from core.demo_data import make_demo_data
-    from core.features import FeatureCache
+    from core.features import FeatureCache, FeatureRequest
     from core.hyperparameters import Hyperparameters, TrainingSetup
     from core.runtime import configure_tensorflow
     from core.training import RecipeTrainer
@@ -76,13 +76,15 @@ def main(argv: list[str] | None = None) -> int:
         bundles = {
             dtype: FeatureCache(Path(temp) / "cache").ensure(
                 index,
-                backbone="vgg16",
-                weights="none",
-                image_size=args.size,
-                cuts=["block5_pool", "block4_pool", "block3_pool"],
-                augmentations=[0.5],
-                views=args.views,
-                dtype=dtype,
+                FeatureRequest(
+                    backbone="vgg16",
+                    weights="none",
+                    image_size=args.size,
+                    cuts=("block5_pool", "block4_pool", "block3_pool"),
+                    augmentations=(0.5,),
+                    views=args.views,
+                    dtype=dtype,
+                ),
                 progress=False,
             )  # fmt: skip
             for dtype in ("float32", "float16")

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from core.data import load_images, scan_dataset
     from core.demo_data import make_demo_data
-    from core.features import FeatureCache
+    from core.features import FeatureCache, FeatureRequest
 
     machine = machine_info()
     started = time.perf_counter()
@@ -109,20 +109,19 @@ def main(argv: list[str] | None = None) -> int:
         images = load_images(records, args.size).images
         count = len(images)
         check: dict[str, np.ndarray] = {}
+        request = FeatureRequest(
+            backbone=BACKBONE,
+            weights=WEIGHTS,
+            image_size=args.size,
+            cuts=tuple(args.cuts),
+            dtype=args.dtype,
+            seed=SEED,
+            extraction_batch_size=args.batch_size,
+        )
         for repeat in range(args.repeats):
             cache = FeatureCache(root / f"cache-{repeat}")
             t0 = time.perf_counter()
-            bundle = cache.ensure(
-                index,
-                backbone=BACKBONE,
-                weights=WEIGHTS,
-                image_size=args.size,
-                cuts=args.cuts,
-                dtype=args.dtype,
-                seed=SEED,
-                batch_size=args.batch_size,
-                progress=False,
-            )
+            bundle = cache.ensure(index, request, progress=False)
             cache_seconds.append(time.perf_counter() - t0)
             if not check:
                 check = {c: np.asarray(bundle.features(c, "validation")[:4]) for c in args.cuts}

@@ -22,7 +22,6 @@ accuracy of each search is reported beside it (scope "last", as run_search).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -76,26 +75,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def search_config(args: argparse.Namespace, cache_dir: Path) -> Any:
-    from tuning.config import SearchConfig
+    from tuning.config import load_config
 
-    return SearchConfig(
-        backbone=BACKBONE,
-        weights=WEIGHTS,
-        image_size=args.size,
-        num_samples=args.samples,
-        max_epochs=args.epochs,
-        head_epochs=args.head_epochs,
-        grace_period=args.grace_period,
-        reduction_factor=2,
-        sampler="tpe",
-        seed=SEED,
-        max_concurrent_trials=args.concurrent,
-        cpus_per_trial=1,
-        cache_dir=str(cache_dir),
-        space=args.space,
-        include_dashboard=False,
-        augmentation_views=args.views,
-        feature_dtype=args.dtype,
+    return load_config(
+        overrides={
+            "backbone": BACKBONE,
+            "weights": WEIGHTS,
+            "image_size": args.size,
+            "num_samples": args.samples,
+            "max_epochs": args.epochs,
+            "head_epochs": args.head_epochs,
+            "grace_period": args.grace_period,
+            "reduction_factor": 2,
+            "sampler": "tpe",
+            "seed": SEED,
+            "max_concurrent_trials": args.concurrent,
+            "cpus_per_trial": 1,
+            "cache_dir": str(cache_dir),
+            "space": args.space,
+            "include_dashboard": False,
+            "augmentation_views": args.views,
+            "feature_dtype": args.dtype,
+        }
     )
 
 
@@ -187,10 +188,11 @@ def run_naive(config: Any, data_dir: Path, run_dir: Path, cpus: int) -> dict[str
     from search_spaces import load_space, to_optuna
     from tuning.samplers import make_sampler
 
+    features, schedule = config.features, config.schedule
     started = time.perf_counter()
-    index = scan_dataset(data_dir, config.validation_fraction, config.seed)
-    train = load_images(index.splits["train"], config.image_size)
-    validation = load_images(index.splits["validation"], config.image_size)
+    index = scan_dataset(data_dir, features.validation_fraction, config.seed)
+    train = load_images(index.splits["train"], features.image_size)
+    validation = load_images(index.splits["validation"], features.image_size)
     data = {
         "train": train.images,
         "train_labels": train.labels,
@@ -199,18 +201,18 @@ def run_naive(config: Any, data_dir: Path, run_dir: Path, cpus: int) -> dict[str
         "class_names": index.class_names,
     }
     setup = TrainingSetup(
-        backbone=config.backbone,
-        weights=config.weights,
-        image_size=config.image_size,
-        epochs=config.max_epochs,
-        head_epochs=config.head_epochs,
+        backbone=features.backbone,
+        weights=features.weights,
+        image_size=features.image_size,
+        epochs=schedule.max_epochs,
+        head_epochs=schedule.head_epochs,
         seed=config.seed,
     )
     info = connect(None, num_cpus=cpus, include_dashboard=False)
     try:
         trainable = tune.with_resources(
             tune.with_parameters(naive_trainable, data=data, setup=setup),
-            {"cpu": config.cpus_per_trial},
+            {"cpu": config.resources.cpus_per_trial},
         )
         tuner = tune.Tuner(
             trainable,
@@ -218,19 +220,19 @@ def run_naive(config: Any, data_dir: Path, run_dir: Path, cpus: int) -> dict[str
                 metric=METRIC,
                 mode="max",
                 search_alg=OptunaSearch(
-                    space=to_optuna(load_space(config.space)),
+                    space=to_optuna(load_space(config.searcher.space)),
                     metric=METRIC,
                     mode="max",
-                    sampler=make_sampler(config.sampler, config.seed),
+                    sampler=make_sampler(config.searcher.sampler, config.seed),
                 ),
                 scheduler=ASHAScheduler(
                     time_attr="training_iteration",
-                    max_t=config.max_epochs,
-                    grace_period=config.grace_period,
-                    reduction_factor=config.reduction_factor,
+                    max_t=schedule.max_epochs,
+                    grace_period=config.asha.grace_period,
+                    reduction_factor=config.asha.reduction_factor,
                 ),
-                num_samples=config.num_samples,
-                max_concurrent_trials=config.max_concurrent_trials or None,
+                num_samples=schedule.num_samples,
+                max_concurrent_trials=config.resources.max_concurrent_trials or None,
             ),
             run_config=tune.RunConfig(name="naive", storage_path=str(run_dir), verbose=0),
         )
@@ -296,10 +298,10 @@ def main(argv: list[str] | None = None) -> int:
             cached_seconds,
             [
                 {
-                    "val_accuracy": t["val_accuracy"],
-                    "epochs": t["epochs"],
-                    "hyperparameters": t["hyperparameters"],
-                    "error": t["error"],
+                    "val_accuracy": t.val_accuracy,
+                    "epochs": t.epochs,
+                    "hyperparameters": t.hyperparameters.to_dict(),
+                    "error": t.error,
                 }
                 for t in result.trials
             ],
@@ -310,8 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         cached["extraction_seconds"] = sum(passes.values())
         cached["extraction_passes"] = len(passes)
         cached["cache_entries_built"] = len(builds)
-        saved = json.loads((root / "cached" / "results.json").read_text())
-        cached["tuner_fit_seconds"] = saved["seconds"]
+        # Tuner.fit's seconds, as results.json holds them.
+        cached["tuner_fit_seconds"] = result.summary.seconds
         logger.info("naive search (full VGG16 per epoch)...")
         naive_run = run_naive(config, root / "data", root / "naive", args.cpus)
         naive = summarize("naive", naive_run["seconds"], naive_run["trials"])

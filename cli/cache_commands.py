@@ -68,7 +68,8 @@ def open_store(args: argparse.Namespace) -> EntryStore:
     if location is None:
         from tuning.config import load_config, parse_overrides
 
-        location = load_config(args.config, parse_overrides(args.overrides)).cache_dir
+        config = load_config(args.config, parse_overrides(args.overrides))
+        location = config.extraction.cache_dir
     return EntryStore(location, mirror_dir=args.mirror_dir)
 
 
@@ -121,25 +122,27 @@ def remove_entries(store: EntryStore, keys: Sequence[str], *, remove_all: bool) 
 
 def warm(args: argparse.Namespace) -> int:
     """Builds every entry a search with this config would need; returns 0."""
+    from core.data import scan_dataset
+    from core.features import FeatureCache
     from search_spaces import load_space
     from tuning.config import load_config, parse_overrides
-    from tuning.search import prepare_features
 
     config = load_config(args.config, parse_overrides(args.overrides))
     if args.cache_dir is not None:
         config = config.replace(cache_dir=args.cache_dir)
-    _, _, stats = prepare_features(
-        config,
-        args.data,
-        load_space(config.space),
-        progress=not args.quiet,
-        mirror_dir=args.mirror_dir,
+    index = scan_dataset(args.data, config.features.validation_fraction, config.seed)
+    cache = FeatureCache(config.cache_location, mirror_dir=args.mirror_dir)
+    cache.ensure(
+        index, config.feature_request(load_space(config.searcher.space)), progress=not args.quiet
     )
-    for name in stats.misses:
+    for name in cache.stats.misses:
         print(f"built   {name}")
-    for name in stats.hits:
+    for name in cache.stats.hits:
         print(f"cached  {name}")
-    print(f"{len(stats.misses)} built, {len(stats.hits)} already cached in {config.cache_dir}")
+    print(
+        f"{len(cache.stats.misses)} built, {len(cache.stats.hits)} already cached in "
+        f"{config.extraction.cache_dir}"
+    )
     return 0
 
 

@@ -111,7 +111,7 @@ def _tune(args: argparse.Namespace) -> int:
             raise ValueError("--out: a resumed search writes to its own run directory")
         from pathlib import Path
 
-        from tuning.search import CONFIG_FILE
+        from tuning.run_dir import CONFIG_FILE
 
         # --set alone changes the run's own config; --config replaces it.
         base = args.config or Path(args.resume) / CONFIG_FILE
@@ -143,10 +143,10 @@ def _tune(args: argparse.Namespace) -> int:
         )
     best = result.best
     print(
-        f"best trial {best['trial_id']}: val_accuracy={best['val_accuracy']:.4f} "
-        f"after {best['epochs']} epochs"
+        f"best trial {best.trial_id}: val_accuracy={best.val_accuracy:.4f} "
+        f"after {best.epochs} epochs"
     )
-    print(f"hyperparameters: {json.dumps(best['searched'], sort_keys=True)}")
+    print(f"hyperparameters: {json.dumps(best.searched, sort_keys=True)}")
     print(f"features: {len(result.cache.misses)} computed, {len(result.cache.hits)} from cache")
     print(f"results: {result.run_dir}")
     return 0
@@ -160,8 +160,8 @@ def _check_config(args: argparse.Namespace) -> int:
     from tuning.config import load_config, parse_overrides
 
     config = load_config(args.config, parse_overrides(args.overrides))
-    space = load_space(config.space)
-    spec = get_backbone(config.backbone)
+    space = load_space(config.searcher.space)
+    spec = get_backbone(config.features.backbone)
     space.validate_for_backbone(spec.num_blocks, spec.name)
     print(yaml.safe_dump({"config": config.to_dict(), "space": space.to_dict()}, sort_keys=False))
     return 0
@@ -176,15 +176,16 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from tuning.final import MODEL_FILE, train_final
+    from tuning.final import train_final
+    from tuning.run_dir import MODEL_FILE
 
     metrics = train_final(
         args.config, args.data, args.out, cache_dir=args.cache_dir, force=args.force
     )
     print(f"model: {args.out}/{MODEL_FILE}")
-    print(f"validation accuracy: {metrics['validation_accuracy']:.4f}")
-    if "test_accuracy" in metrics:
-        print(f"test accuracy: {metrics['test_accuracy']:.4f}")
+    print(f"validation accuracy: {metrics.validation_accuracy:.4f}")
+    if metrics.test_accuracy is not None:
+        print(f"test accuracy: {metrics.test_accuracy:.4f}")
     return 0
 
 
@@ -202,8 +203,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from core.inference import predict
 
-    for path, label, probability in predict(args.model, args.images):
-        print(f"{path}\t{label}\t{probability:.4f}")
+    for prediction in predict(args.model, args.images):
+        line = f"{prediction.path}\t{prediction.label}\t{prediction.probability:.4f}"
+        # A fourth column only where the image's folder names its class (Keras layout).
+        print(line if prediction.true_label is None else f"{line}\ttrue: {prediction.true_label}")
     return 0
 
 
@@ -248,7 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from core.runtime import quiet_tensorflow
 
-    quiet_tensorflow()
+    # -v shows TensorFlow's C++ lines too; otherwise its INFO to ERROR lines are hidden.
+    quiet_tensorflow(0 if args.verbose else None)
     try:
         return COMMANDS[args.command](args)
     except USER_ERRORS as error:

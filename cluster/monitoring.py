@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cluster.runtime import local_session_dir
 from core.features import CacheStats
 
 logger = logging.getLogger(__name__)
@@ -216,8 +217,6 @@ def install_grafana_dashboard() -> Path | None:
     Returns:
         The dashboard file written, or None.
     """
-    from cluster import local_session_dir
-
     session = local_session_dir()
     directory = grafana_dashboards_folder(Path(session)) if session else None
     if directory is None:

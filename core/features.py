@@ -37,7 +37,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,6 +138,49 @@ def is_uri(location: str | os.PathLike[str]) -> bool:
 def view_name(cut: str, augmentation: float) -> str:
     """How a bundle names the views of one cut at one strength (exact: no two strengths collide)."""
     return f"{cut}@{float(augmentation)!r}"
+
+
+@dataclass(frozen=True)
+class FeatureRequest:
+    """Which cache entries a search or a final training needs, and how to build them.
+
+    Built once from a configuration (``tuning.config.FeatureSettings.request``)
+    and handed to ``FeatureCache.ensure``, ``FeatureCache.keys_for`` and the
+    cluster's extraction task alike.
+
+    Attributes:
+        backbone: Registry name.
+        weights: "imagenet", "none" or a weights file path.
+        image_size: Input side in pixels.
+        cuts: Block-end layer names (or ``INPUT_CUT``) trials start from.
+        augmentations: Strengths above 0 that get augmented views at every cut.
+        views: Augmented views per strength.
+        dtype: Storage dtype, "float16" (half the memory) or "float32".
+        seed: Random-init seed when ``weights`` is "none".
+        extraction_batch_size: Images per forward pass while building; not part
+            of any entry's identity.
+    """
+
+    backbone: str
+    weights: str
+    image_size: int
+    cuts: tuple[str, ...]
+    augmentations: tuple[float, ...] = ()
+    views: int = DEFAULT_VIEWS
+    dtype: str = "float32"
+    seed: int = 0
+    extraction_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cuts", tuple(dict.fromkeys(self.cuts)))
+        strengths = tuple(sorted({float(s) for s in self.augmentations if s > 0}))
+        object.__setattr__(self, "augmentations", strengths)
+        if strengths and self.views < 1:
+            raise FeatureCacheError(f"views={self.views!r}: augmented trials need at least 1 view")
+        if self.extraction_batch_size < 1:
+            raise FeatureCacheError(
+                f"extraction_batch_size={self.extraction_batch_size!r}: must be >= 1"
+            )
 
 
 @dataclass
@@ -320,49 +363,41 @@ class FeatureCache:
             log.write(json.dumps(record) + "\n")
         return final
 
-    def keys_for(
-        self,
-        index: DatasetIndex,
-        *,
-        backbone: str,
-        weights: str,
-        image_size: int,
-        cuts: Iterable[str],
-        augmentations: Iterable[float] = (),
-        views: int = DEFAULT_VIEWS,
-        dtype: str = "float32",
-        seed: int = 0,
-    ) -> list[FeatureKey]:
-        """Every entry ``ensure`` needs for these arguments: plain cuts first, then views."""
-        get_backbone(backbone)  # an unknown name fails here, before any work
-        weights_id = weights_identity(weights, seed)
-        wanted = list(dict.fromkeys(cuts))
-        strengths = sorted({float(s) for s in augmentations if s > 0})
-        if strengths and views < 1:
-            raise FeatureCacheError(f"views={views!r}: augmented trials need at least 1 view")
+    def keys_for(self, index: DatasetIndex, request: FeatureRequest) -> list[FeatureKey]:
+        """Every entry ``ensure`` needs for ``request``: plain cuts first, then views."""
+        get_backbone(request.backbone)  # an unknown name fails here, before any work
+        weights_id = weights_identity(request.weights, request.seed)
 
         def key(cut: str, augmentation: float = 0.0, view: int | None = None) -> FeatureKey:
             return FeatureKey(
-                backbone, weights_id, image_size, index.fingerprint, cut, dtype, augmentation, view
+                request.backbone,
+                weights_id,
+                request.image_size,
+                index.fingerprint,
+                cut,
+                request.dtype,
+                augmentation,
+                view,
             )
 
-        keys = [key(cut) for cut in wanted]
-        keys += [key(cut, s, v) for s in strengths for v in range(views) for cut in wanted]
+        keys = [key(cut) for cut in request.cuts]
+        keys += [
+            key(cut, s, v)
+            for s in request.augmentations
+            for v in range(request.views)
+            for cut in request.cuts
+        ]
         return keys
+
+    def missing(self, index: DatasetIndex, request: FeatureRequest) -> list[FeatureKey]:
+        """The entries of ``request`` not in the cache yet."""
+        return [key for key in self.keys_for(index, request) if not self.has(key)]
 
     def ensure(
         self,
         index: DatasetIndex,
+        request: FeatureRequest,
         *,
-        backbone: str,
-        weights: str,
-        image_size: int,
-        cuts: Iterable[str],
-        augmentations: Iterable[float] = (),
-        views: int = DEFAULT_VIEWS,
-        dtype: str = "float32",
-        seed: int = 0,
-        batch_size: int = 32,
         progress: bool = True,
         images: Mapping[str, LoadedImages] | None = None,
     ) -> FeatureBundle:
@@ -373,33 +408,15 @@ class FeatureCache:
 
         Args:
             index: The scanned dataset.
-            backbone: Registry name.
-            weights: "imagenet", "none" or a weights file path.
-            image_size: Input side in pixels.
-            cuts: Block-end layer names (or ``INPUT_CUT``) trials will start from.
-            augmentations: Strengths trials may augment with (0s are ignored);
-                each gets ``views`` augmented views of the training images at
-                every cut.
-            views: Augmented views per strength.
-            dtype: Storage dtype, "float16" (half the memory) or "float32".
-            seed: Random-init seed when ``weights`` is "none".
-            batch_size: Images per forward pass.
+            request: Which entries, and how to build missing ones.
             progress: Show a progress bar while computing.
             images: The decoded training and validation images, when the caller
                 has them (e.g. sent by the driver to a Ray task on another node);
                 otherwise they are decoded from disk, overlapped with the model.
         """
-        keys = self.keys_for(
-            index,
-            backbone=backbone,
-            weights=weights,
-            image_size=image_size,
-            cuts=cuts,
-            augmentations=augmentations,
-            views=views,
-            dtype=dtype,
-            seed=seed,
-        )
+        weights, seed, batch_size = request.weights, request.seed, request.extraction_batch_size
+        backbone, image_size = request.backbone, request.image_size
+        keys = self.keys_for(index, request)
         missing = [key for key in keys if not self.has(key)]
         for key in keys:
             (self.stats.misses if key in missing else self.stats.hits).append(key.name)

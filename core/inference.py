@@ -17,13 +17,14 @@ from typing import Any
 import numpy as np
 
 from core.data import DataError, DatasetIndex, load_image, load_images, scan_dataset
+from core.records import from_dict, to_dict
 
 INFO_FILE = "model_info.json"
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a saved model needs beside its weights to be used."""
+    """``model_info.json``: what a saved model needs beside its weights to be used."""
 
     class_names: tuple[str, ...]
     image_size: int
@@ -32,29 +33,19 @@ class ModelInfo:
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "class_names": list(self.class_names),
-            "image_size": self.image_size,
-            "backbone": self.backbone,
-            "validation_fraction": self.validation_fraction,
-            "seed": self.seed,
-        }
+        return to_dict(self)
 
     @classmethod
     def read(cls, path: Path) -> ModelInfo:
         try:
-            data = json.loads(path.read_text())
-            return cls(
-                class_names=tuple(data["class_names"]),
-                image_size=int(data["image_size"]),
-                backbone=str(data["backbone"]),
-                validation_fraction=float(data.get("validation_fraction", 0.2)),
-                seed=int(data.get("seed", 0)),
-            )
-        except (OSError, ValueError, KeyError, TypeError) as error:
+            return from_dict(cls, json.loads(path.read_text()), str(path))
+        except (OSError, ValueError) as error:
             raise DataError(
                 f"{path}: not a readable bottletune model info file ({error})"
             ) from error
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
 
 def load_model(model_path: str | os.PathLike[str]) -> tuple[Any, ModelInfo]:
@@ -124,15 +115,49 @@ def split_accuracy(model: Any, info: ModelInfo, index: DatasetIndex, split: str)
     }
 
 
+@dataclass(frozen=True)
+class Prediction:
+    """The model's answer for one image file.
+
+    Attributes:
+        path: The image file, as given.
+        label: The predicted class.
+        probability: The model's probability for ``label``.
+        true_label: The class the image's folder names, when that folder is
+            one of the model's classes (the Keras layout); None otherwise.
+    """
+
+    path: str
+    label: str
+    probability: float
+    true_label: str | None = None
+
+
+def folder_class(path: str | os.PathLike[str], class_names: Sequence[str]) -> str | None:
+    """The class an image's parent folder names, or None if it names none of ``class_names``."""
+    # abspath, not resolve: a linked file still belongs to the folder it was listed in.
+    folder = Path(os.path.abspath(path)).parent.name
+    return folder if folder in class_names else None
+
+
 def predict(
     model_path: str | os.PathLike[str], image_paths: Sequence[str | os.PathLike[str]]
-) -> list[tuple[str, str, float]]:
-    """Predicted class and its probability for each image file."""
+) -> list[Prediction]:
+    """Predicted class and its probability for each image file.
+
+    An image inside a folder named after one of the model's classes (as in
+    ``test/circle/001.png``) also gets that class as its ``true_label``.
+    """
     model, info = load_model(model_path)
     images = np.stack([load_image(path, info.image_size) for path in image_paths])
     probs = probabilities(model, images)
     best = probs.argmax(axis=1)
     return [
-        (str(path), info.class_names[int(label)], float(probs[row, label]))
+        Prediction(
+            path=str(path),
+            label=info.class_names[int(label)],
+            probability=float(probs[row, label]),
+            true_label=folder_class(path, info.class_names),
+        )
         for row, (path, label) in enumerate(zip(image_paths, best, strict=True))
     ]

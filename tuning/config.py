@@ -1,19 +1,31 @@
-"""The search configuration: typed, validated, loaded from YAML presets and --set overrides."""
+"""The search configuration: typed, validated, loaded from YAML presets and --set overrides.
+
+A config file is one flat mapping of keys; inside, ``SearchConfig`` holds them
+in groups by what they decide (``config.features.image_size``,
+``config.schedule.max_epochs``, ...), and what depends on a group (the keys a
+resume may change, the feature cache's request) is derived from it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from core.backbones import BACKBONES, get_backbone
-from core.features import FEATURE_DTYPES, is_uri
+from core.features import FEATURE_DTYPES, FeatureRequest, is_uri
 from tuning.samplers import SAMPLER_NAMES
+
+if TYPE_CHECKING:
+    from search_spaces import SearchSpace
+
+logger = logging.getLogger(__name__)
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -30,85 +42,50 @@ class ConfigError(ValueError):
         self.key = key
 
 
-@dataclass(frozen=True)
-class SearchConfig:
-    """Everything about a search except the data and the search space's contents.
-
-    Attributes:
-        backbone: Registry name of the conv base ("vgg16", "mobilenet").
-        weights: "imagenet", "none" (random init) or a path to a weights file.
-        image_size: Side of the square input in pixels.
-        num_samples: Trials to run.
-        max_epochs: Epochs of a trial that ASHA never stops (ASHA's max_t).
-        head_epochs: Phase-1 epochs of a trial that fine-tunes.
-        grace_period: Epochs before ASHA may stop a trial.
-        reduction_factor: ASHA's reduction factor.
-        sampler: Optuna sampler: tpe, random, cmaes or gp.
-        seed: Seed of the sampler, the data split and the models.
-        max_concurrent_trials: Trials running at once (0: as many as fit).
-        cpus_per_trial: CPUs reserved per trial (fractions allowed).
-        gpus_per_trial: GPUs reserved per trial (fractions allowed: 0.25 puts
-            four trials on one GPU).
-        time_budget_s: Stop starting new trials after this many seconds (0: no limit).
-        cache_dir: Where bottleneck features are cached: a local directory, or a
-            URI (s3://, gs://, any pyarrow filesystem) shared between clusters.
-        space: A search-space preset name or a YAML file.
-        validation_fraction: Validation share when the data is one folder of
-            class subfolders.
-        batch_size: Extraction batch size (training batch size is a hyperparameter).
-        include_dashboard: Start the Ray dashboard with a local cluster.
-        dashboard_host: Interface the dashboard listens on.
-        dashboard_port: Port of the dashboard (0: Ray's default, 8265, or the next
-            free port).
-        object_store_memory: Bytes for a local Ray object store (0: Ray's default).
-        max_failures: Times a failed trial is retried from its last checkpoint.
-        augmentation_views: Augmented views cached per training image and
-            augmentation strength; each epoch an augmented trial draws one.
-        feature_dtype: How cached features are stored and shared: "float16"
-            (half the disk and memory) or "float32".
-        storage_path: Where Ray Tune keeps trials and checkpoints ("": the run
-            directory). On several nodes, shared storage or a URI (s3://, gs://)
-            every node reaches.
-    """
-
-    backbone: str = "vgg16"
-    weights: str = "imagenet"
-    image_size: int = 150
-    num_samples: int = 16
-    max_epochs: int = 10
-    head_epochs: int = 3
-    grace_period: int = 4
-    reduction_factor: int = 2
-    sampler: str = "tpe"
-    seed: int = 0
-    max_concurrent_trials: int = 0
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    time_budget_s: float = 0.0
-    cache_dir: str = "~/.cache/bottletune"
-    space: str = "default"
-    validation_fraction: float = 0.2
-    batch_size: int = 32
-    include_dashboard: bool = True
-    dashboard_host: str = "127.0.0.1"
-    dashboard_port: int = 0
-    object_store_memory: int = 0
-    max_failures: int = 0
-    augmentation_views: int = 8
-    feature_dtype: str = "float16"
-    storage_path: str = ""
+class _Group:
+    """A frozen group of config keys; every value is checked against its default's type."""
 
     def __post_init__(self) -> None:
-        for item in dataclasses.fields(self):
+        for item in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, item.name)
-            expected = _field_type(item.name)
+            expected = type(item.default)
             if expected is float and isinstance(value, int) and not isinstance(value, bool):
                 object.__setattr__(self, item.name, float(value))
                 continue
             if not isinstance(value, expected) or (
                 expected is not bool and isinstance(value, bool)
             ):
-                raise ConfigError(f"{item.name}={value!r}: expected {expected.__name__}")
+                raise ConfigError(f"{item.name}={value!r}: expected {expected.__name__}", item.name)
+        self.validate()
+
+    def validate(self) -> None:
+        """Checks values against each other; raises ConfigError naming the key."""
+
+
+@dataclass(frozen=True)
+class FeatureSettings(_Group):
+    """What the cached features are: everything besides the data and seed they depend on.
+
+    Attributes:
+        backbone: Registry name of the conv base ("vgg16", "mobilenet").
+        weights: "imagenet", "none" (random init) or a path to a weights file.
+        image_size: Side of the square input in pixels.
+        validation_fraction: Validation share when the data is one folder of
+            class subfolders.
+        augmentation_views: Augmented views cached per training image and
+            augmentation strength; each epoch an augmented trial draws one.
+        feature_dtype: How cached features are stored and shared: "float16"
+            (half the disk and memory) or "float32".
+    """
+
+    backbone: str = "vgg16"
+    weights: str = "imagenet"
+    image_size: int = 150
+    validation_fraction: float = 0.2
+    augmentation_views: int = 8
+    feature_dtype: str = "float16"
+
+    def validate(self) -> None:
         if self.backbone not in BACKBONES:
             raise ConfigError(
                 f"backbone={self.backbone!r}: choose one of {', '.join(sorted(BACKBONES))}",
@@ -121,56 +98,11 @@ class SearchConfig:
             self.image_size,
             f">= {spec.min_image_size} for {self.backbone}",
         )
-        _require(self.num_samples >= 1, "num_samples", self.num_samples, ">= 1")
-        _require(self.max_epochs >= 1, "max_epochs", self.max_epochs, ">= 1")
-        _require(self.head_epochs >= 1, "head_epochs", self.head_epochs, ">= 1")
-        _require(
-            1 <= self.grace_period <= self.max_epochs,
-            "grace_period",
-            self.grace_period,
-            f"between 1 and max_epochs ({self.max_epochs})",
-        )
-        _require(self.reduction_factor >= 2, "reduction_factor", self.reduction_factor, ">= 2")
-        _require(
-            self.sampler in SAMPLER_NAMES,
-            "sampler",
-            self.sampler,
-            f"one of {', '.join(SAMPLER_NAMES)}",
-        )
-        _require(
-            self.max_concurrent_trials >= 0,
-            "max_concurrent_trials",
-            self.max_concurrent_trials,
-            ">= 0",
-        )
-        _require(self.cpus_per_trial > 0, "cpus_per_trial", self.cpus_per_trial, "> 0")
-        _require(self.gpus_per_trial >= 0, "gpus_per_trial", self.gpus_per_trial, ">= 0")
-        _require(
-            self.gpus_per_trial <= 1 or self.gpus_per_trial.is_integer(),
-            "gpus_per_trial",
-            self.gpus_per_trial,
-            "a fraction below 1 or a whole number (Ray cannot split a trial across GPUs "
-            "fractionally above 1)",
-        )
-        _require(self.time_budget_s >= 0, "time_budget_s", self.time_budget_s, ">= 0")
         _require(
             0 < self.validation_fraction < 1,
             "validation_fraction",
             self.validation_fraction,
             "in (0, 1)",
-        )
-        _require(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
-        _require(
-            self.object_store_memory >= 0, "object_store_memory", self.object_store_memory, ">= 0"
-        )
-        _require(
-            self.max_failures >= -1, "max_failures", self.max_failures, ">= 0 (or -1 for unlimited)"
-        )
-        _require(
-            0 <= self.dashboard_port <= 65535,
-            "dashboard_port",
-            self.dashboard_port,
-            "a TCP port (0: Ray's default, 8265 or the next free one)",
         )
         _require(
             self.augmentation_views >= 1, "augmentation_views", self.augmentation_views, ">= 1"
@@ -181,41 +113,336 @@ class SearchConfig:
             self.feature_dtype,
             f"one of {', '.join(FEATURE_DTYPES)}",
         )
-        for key in ("cache_dir", "storage_path"):
-            location = getattr(self, key)
-            if is_uri(location) and "@" in location.split("://", 1)[1].split("/", 1)[0]:
-                raise ConfigError(
-                    f"{key}: credentials in the URI would be written to config.yaml, "
-                    "results.json and the logs; give them through the environment (e.g. "
-                    "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or an instance profile",
-                    key,
-                )
         if not self.weights:
             raise ConfigError(
                 "weights='': expected imagenet, none or a weights file path", "weights"
             )
 
+    def request(
+        self,
+        *,
+        seed: int,
+        unfreeze_depths: Iterable[int],
+        strengths: Iterable[float],
+        extraction_batch_size: int = 32,
+    ) -> FeatureRequest:
+        """The cache entries for trials that unfreeze these depths and augment at these strengths.
+
+        The one mapping from settings to the cache's arguments, used by the
+        search, ``bottletune cache warm`` and final training alike.
+        """
+        return FeatureRequest(
+            backbone=self.backbone,
+            weights=self.weights,
+            image_size=self.image_size,
+            cuts=tuple(get_backbone(self.backbone).cuts_for(list(unfreeze_depths))),
+            augmentations=tuple(strengths),
+            views=self.augmentation_views,
+            dtype=self.feature_dtype,
+            seed=seed,
+            extraction_batch_size=extraction_batch_size,
+        )
+
+
+@dataclass(frozen=True)
+class ExtractionSettings(_Group):
+    """Where features are cached and how they are built; neither changes what they are.
+
+    Attributes:
+        cache_dir: A local directory, or a URI (s3://, gs://, any pyarrow
+            filesystem) shared between clusters.
+        extraction_batch_size: Images per backbone forward pass while building
+            the cache. (The training batch is the ``batch_size`` hyperparameter.)
+    """
+
+    cache_dir: str = "~/.cache/bottletune"
+    extraction_batch_size: int = 32
+
+    def validate(self) -> None:
+        _require(
+            self.extraction_batch_size >= 1,
+            "extraction_batch_size",
+            self.extraction_batch_size,
+            ">= 1",
+        )
+        _refuse_credentials("cache_dir", self.cache_dir)
+
+
+@dataclass(frozen=True)
+class ScheduleSettings(_Group):
+    """How many trials, how long each trains, and how long the search may run.
+
+    Attributes:
+        num_samples: Trials to run.
+        max_epochs: Epochs of a trial that ASHA never stops (ASHA's max_t).
+        head_epochs: Phase-1 epochs of a trial that fine-tunes.
+        time_budget_s: Stop starting new trials after this many seconds (0: no limit).
+        max_failures: Times a failed trial is retried from its last checkpoint.
+    """
+
+    num_samples: int = 16
+    max_epochs: int = 10
+    head_epochs: int = 3
+    time_budget_s: float = 0.0
+    max_failures: int = 0
+
+    def validate(self) -> None:
+        _require(self.num_samples >= 1, "num_samples", self.num_samples, ">= 1")
+        _require(self.max_epochs >= 1, "max_epochs", self.max_epochs, ">= 1")
+        _require(self.head_epochs >= 1, "head_epochs", self.head_epochs, ">= 1")
+        _require(self.time_budget_s >= 0, "time_budget_s", self.time_budget_s, ">= 0")
+        _require(
+            self.max_failures >= -1, "max_failures", self.max_failures, ">= 0 (or -1 for unlimited)"
+        )
+
+
+@dataclass(frozen=True)
+class AshaSettings(_Group):
+    """ASHA's early stopping.
+
+    Attributes:
+        grace_period: Epochs before ASHA may stop a trial.
+        reduction_factor: ASHA's reduction factor.
+    """
+
+    grace_period: int = 4
+    reduction_factor: int = 2
+
+    # grace_period's bounds depend on max_epochs: SearchConfig checks them.
+    def validate(self) -> None:
+        _require(self.reduction_factor >= 2, "reduction_factor", self.reduction_factor, ">= 2")
+
+
+@dataclass(frozen=True)
+class SearcherSettings(_Group):
+    """What is searched, and by which Optuna sampler.
+
+    Attributes:
+        space: A search-space preset name or a YAML file.
+        sampler: Optuna sampler: tpe, random, cmaes or gp.
+    """
+
+    space: str = "default"
+    sampler: str = "tpe"
+
+    def validate(self) -> None:
+        _require(
+            self.sampler in SAMPLER_NAMES,
+            "sampler",
+            self.sampler,
+            f"one of {', '.join(SAMPLER_NAMES)}",
+        )
+
+
+@dataclass(frozen=True)
+class ResourceSettings(_Group):
+    """What one trial reserves, and how many run at once.
+
+    Attributes:
+        cpus_per_trial: CPUs reserved per trial (fractions allowed).
+        gpus_per_trial: GPUs reserved per trial (fractions allowed: 0.25 puts
+            four trials on one GPU).
+        max_concurrent_trials: Trials running at once (0: as many as fit).
+    """
+
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent_trials: int = 0
+
+    def validate(self) -> None:
+        _require(self.cpus_per_trial > 0, "cpus_per_trial", self.cpus_per_trial, "> 0")
+        _require(self.gpus_per_trial >= 0, "gpus_per_trial", self.gpus_per_trial, ">= 0")
+        _require(
+            self.gpus_per_trial <= 1 or self.gpus_per_trial.is_integer(),
+            "gpus_per_trial",
+            self.gpus_per_trial,
+            "a fraction below 1 or a whole number (Ray cannot split a trial across GPUs "
+            "fractionally above 1)",
+        )
+        _require(
+            self.max_concurrent_trials >= 0,
+            "max_concurrent_trials",
+            self.max_concurrent_trials,
+            ">= 0",
+        )
+
+
+@dataclass(frozen=True)
+class LocalRaySettings(_Group):
+    """The single-node Ray a search starts when no ``--address`` is given.
+
+    Attributes:
+        include_dashboard: Start the Ray dashboard.
+        dashboard_host: Interface the dashboard listens on.
+        dashboard_port: Port of the dashboard (0: Ray's default, 8265, or the
+            next free port).
+        object_store_memory: Bytes for the object store (0: Ray's default).
+    """
+
+    include_dashboard: bool = True
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 0
+    object_store_memory: int = 0
+
+    def validate(self) -> None:
+        _require(
+            0 <= self.dashboard_port <= 65535,
+            "dashboard_port",
+            self.dashboard_port,
+            "a TCP port (0: Ray's default, 8265 or the next free one)",
+        )
+        _require(
+            self.object_store_memory >= 0, "object_store_memory", self.object_store_memory, ">= 0"
+        )
+
+
+@dataclass(frozen=True)
+class StorageSettings(_Group):
+    """Where Ray Tune keeps trials and checkpoints.
+
+    Attributes:
+        storage_path: "" for the run directory; on several nodes, shared
+            storage or a URI (s3://, gs://) every node reaches.
+    """
+
+    storage_path: str = ""
+
+    def validate(self) -> None:
+        _refuse_credentials("storage_path", self.storage_path)
+
+
+GROUPS: dict[str, Any] = {
+    "features": FeatureSettings,
+    "extraction": ExtractionSettings,
+    "schedule": ScheduleSettings,
+    "asha": AshaSettings,
+    "searcher": SearcherSettings,
+    "resources": ResourceSettings,
+    "local_ray": LocalRaySettings,
+    "storage": StorageSettings,
+}
+"""Attribute of ``SearchConfig`` -> its group; a user's YAML stays one flat mapping."""
+
+KEY_GROUPS: dict[str, str] = {
+    item.name: group for group, kind in GROUPS.items() for item in dataclasses.fields(kind)
+}
+"""Flat config key -> the group that holds it (``seed`` belongs to no group)."""
+
+RUNTIME_GROUPS = ("extraction", "local_ray")
+"""Groups that say how the driver runs, not what the search does: they may change on resume."""
+
+RENAMED_KEYS = {"batch_size": "extraction_batch_size"}
+"""Keys of older configs -> their names now; read with a warning."""
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Everything about a search except the data and the search space's contents.
+
+    Read from one flat YAML mapping (``load_config``); inside, the keys sit in
+    groups by what they decide. ``seed`` seeds everything: the sampler, the
+    data split, a random-init backbone and training.
+    """
+
+    seed: int = 0
+    features: FeatureSettings = field(default_factory=FeatureSettings)
+    extraction: ExtractionSettings = field(default_factory=ExtractionSettings)
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    asha: AshaSettings = field(default_factory=AshaSettings)
+    searcher: SearcherSettings = field(default_factory=SearcherSettings)
+    resources: ResourceSettings = field(default_factory=ResourceSettings)
+    local_ray: LocalRaySettings = field(default_factory=LocalRaySettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"seed={self.seed!r}: expected int", "seed")
+        _require(
+            1 <= self.asha.grace_period <= self.schedule.max_epochs,
+            "grace_period",
+            self.asha.grace_period,
+            f"between 1 and max_epochs ({self.schedule.max_epochs})",
+        )
+
+    @classmethod
+    def from_flat(cls, values: Mapping[str, Any]) -> SearchConfig:
+        """Builds a config from flat keys (as in YAML); unknown keys are a ConfigError."""
+        grouped: dict[str, dict[str, Any]] = {group: {} for group in GROUPS}
+        seed: Any = 0
+        for key, value in values.items():
+            if key == "seed":
+                seed = value
+            elif key in KEY_GROUPS:
+                grouped[KEY_GROUPS[key]][key] = value
+            else:
+                raise ConfigError(f"unknown key {key!r}; valid keys: {', '.join(FLAT_KEYS)}", key)
+        parts = {group: GROUPS[group](**grouped[group]) for group in GROUPS}
+        return cls(seed=seed, **parts)
+
     @property
     def cache_location(self) -> str:
         """The cache as ``FeatureCache`` takes it: a URI as is, a local path absolute."""
-        if is_uri(self.cache_dir):
-            return self.cache_dir
-        return str(Path(os.path.expanduser(self.cache_dir)).absolute())
+        cache_dir = self.extraction.cache_dir
+        if is_uri(cache_dir):
+            return cache_dir
+        return str(Path(os.path.expanduser(cache_dir)).absolute())
+
+    def feature_request(self, space: SearchSpace) -> FeatureRequest:
+        """The entries a search's trials start from: built once, used by the search and
+        ``bottletune cache warm``.
+
+        The top block's output always (the head trains on it), plus the cut below
+        the unfrozen blocks of every possible ``unfreeze_blocks`` value; each
+        augmentation strength gets views at every one of those cuts.
+        """
+        return self.features.request(
+            seed=self.seed,
+            unfreeze_depths=space.unfreeze_block_values(),
+            strengths=space.augmentation_levels(),
+            extraction_batch_size=self.extraction.extraction_batch_size,
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The flat mapping a YAML config file holds, in ``FLAT_KEYS`` order."""
+        flat: dict[str, Any] = {"seed": self.seed}
+        for group in GROUPS:
+            flat.update(dataclasses.asdict(getattr(self, group)))
+        return {key: flat[key] for key in FLAT_KEYS}
 
     def replace(self, **changes: Any) -> SearchConfig:
+        """A copy with some flat keys changed, validated like a loaded config."""
         return load_config(overrides=changes, base=self)
 
 
-def _field_type(name: str) -> type:
-    return type(getattr(SearchConfig, name))
+FLAT_KEYS: tuple[str, ...] = ("seed", *KEY_GROUPS)
+"""Every key a config file may set."""
+
+RUNTIME_KEYS = frozenset(
+    item.name for group in RUNTIME_GROUPS for item in dataclasses.fields(GROUPS[group])
+)
+"""Flat keys that may change when a search is resumed (derived from ``RUNTIME_GROUPS``)."""
+
+
+def _field_type(key: str) -> type:
+    if key == "seed":
+        return int
+    kind = GROUPS[KEY_GROUPS[key]]
+    return type(next(f.default for f in dataclasses.fields(kind) if f.name == key))
 
 
 def _require(condition: bool, key: str, value: object, requirement: str) -> None:
     if not condition:
         raise ConfigError(f"{key}={value!r}: must be {requirement}", key)
+
+
+def _refuse_credentials(key: str, location: str) -> None:
+    if is_uri(location) and "@" in location.split("://", 1)[1].split("/", 1)[0]:
+        raise ConfigError(
+            f"{key}: credentials in the URI would be written to config.yaml, "
+            "results.json and the logs; give them through the environment (e.g. "
+            "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or an instance profile",
+            key,
+        )
 
 
 def resolve_config_path(name_or_path: str | os.PathLike[str]) -> Path:
@@ -246,9 +473,8 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
-    if key not in {f.name for f in dataclasses.fields(SearchConfig)}:
-        valid = ", ".join(f.name for f in dataclasses.fields(SearchConfig))
-        raise ConfigError(f"{source}: unknown key {key!r}; valid keys: {valid}")
+    if key not in FLAT_KEYS:
+        raise ConfigError(f"{source}: unknown key {key!r}; valid keys: {', '.join(FLAT_KEYS)}")
     expected = _field_type(key)
     if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # e.g. weights given as a bare path-like number is unlikely, but safe
@@ -274,7 +500,7 @@ def load_config(
     Raises:
         ConfigError: naming the file or --set key and the bad value.
     """
-    values = dataclasses.asdict(base) if base is not None else {}
+    values = base.to_dict() if base is not None else {}
     sources: dict[str, str] = {}
     if path is not None:
         file = resolve_config_path(path)
@@ -285,22 +511,39 @@ def load_config(
         if not isinstance(data, dict):
             raise ConfigError(f"{file}: expected a mapping of config keys")
         for key, value in data.items():
-            values[key] = _coerce(str(key), value, str(file))
-            sources[str(key)] = str(file)
+            key = _current_name(str(key), str(file))
+            values[key] = _coerce(key, value, str(file))
+            sources[key] = str(file)
         space = values.get("space")
         if isinstance(space, str) and (file.parent / space).is_file():
             # A space file named in a config file is found next to that file.
             values["space"] = str((file.parent / space).resolve())
     for key, value in (overrides or {}).items():
+        key = _current_name(key, "--set")
         values[key] = _coerce(key, value, "--set")
         sources[key] = "--set"
     try:
-        return SearchConfig(**values)
+        return SearchConfig.from_flat(values)
     except ConfigError as error:
         # Blame where the bad value came from: the file, --set, or a default.
         source = sources.get(error.key or "", "")
         prefix = f"{source}: " if source else ""
         raise ConfigError(f"{prefix}{error}", error.key) from None
+
+
+def _current_name(key: str, source: str) -> str:
+    """The key's name now; an old name (``batch_size``) is read with a warning."""
+    if key not in RENAMED_KEYS:
+        return key
+    logger.warning(
+        "%s: %r is now %r (the training batch is the batch_size hyperparameter of the "
+        "search space); reading it as %s",
+        source,
+        key,
+        RENAMED_KEYS[key],
+        RENAMED_KEYS[key],
+    )
+    return RENAMED_KEYS[key]
 
 
 def write_config(config: SearchConfig, path: Path) -> None:

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
-from core.backbones import get_backbone, weights_identity
+from core.backbones import weights_identity
 from core.data import scan_dataset
 from core.features import FeatureCache
 from core.hyperparameters import Hyperparameters, TrainingSetup
-from tuning.export import BestConfig, ExportError
+from tuning.run_dir import MODEL_FILE, BestConfig, FinalMetrics, ModelInfo, RunDirError
 
 logger = logging.getLogger(__name__)
-
-MODEL_FILE = "model.keras"
-METRICS_FILE = "metrics.json"
 
 
 def train_final(
@@ -29,7 +24,7 @@ def train_final(
     force: bool = False,
     threads: int | None = None,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> FinalMetrics:
     """Trains the model an exported config describes: phase 1, then phase 2.
 
     Uses the same feature cache and the same trainer as the search's trials,
@@ -50,7 +45,7 @@ def train_final(
         training, validation and (when the data has one) test accuracy of the
         saved model, and the per-epoch history.
     """
-    from core.inference import INFO_FILE, ModelInfo, load_model, split_accuracy
+    from core.inference import INFO_FILE, load_model, split_accuracy
     from core.runtime import configure_tensorflow
     from core.training import RecipeTrainer
 
@@ -61,7 +56,7 @@ def train_final(
         raise FileExistsError(f"{model_path} exists; pass --force to overwrite it")
     identity = weights_identity(config.weights, config.seed)
     if identity != config.weights_identity:
-        raise ExportError(
+        raise RunDirError(
             f"{config_path}: weights={config.weights!r} are not the weights the search used "
             f"(identity {identity}, searched with {config.weights_identity})"
         )
@@ -76,20 +71,8 @@ def train_final(
             config.dataset_fingerprint[:12],
         )
     hparams: Hyperparameters = config.hyperparameters
-    cuts = get_backbone(config.backbone).cuts_for([hparams.unfreeze_blocks])
     cache = FeatureCache(str(cache_dir or config.cache_dir))
-    bundle = cache.ensure(
-        index,
-        backbone=config.backbone,
-        weights=config.weights,
-        image_size=config.image_size,
-        cuts=cuts,
-        augmentations=[hparams.augmentation],
-        views=config.augmentation_views,
-        dtype=config.feature_dtype,
-        seed=config.seed,
-        progress=progress,
-    )
+    bundle = cache.ensure(index, config.feature_request(), progress=progress)
     setup = TrainingSetup(
         backbone=config.backbone,
         weights=config.weights,
@@ -100,32 +83,40 @@ def train_final(
         planned_epochs=config.max_epochs,
     )
     trainer = RecipeTrainer(hparams, setup, bundle)
+    from core.progress import EpochPrinter
+
+    printer = EpochPrinter(setup.epochs, bar=None if progress else False)
     while not trainer.done:
-        logger.info("epoch %s", trainer.train_epoch())
+        on_batch = printer.start_epoch(
+            trainer.epoch + 1,
+            phase=trainer.phase_of(trainer.epoch),
+            batches=trainer.batches_per_epoch,
+        )
+        printer.end_epoch(trainer.train_epoch(on_batch=on_batch))
     out.mkdir(parents=True, exist_ok=True)
     trainer.inference_model().save(model_path)
-    info = ModelInfo(
+    ModelInfo(
         class_names=index.class_names,
         image_size=config.image_size,
         backbone=config.backbone,
         validation_fraction=config.validation_fraction,
         seed=config.seed,
-    )
-    (out / INFO_FILE).write_text(json.dumps(info.to_dict(), indent=2) + "\n")
+    ).write(out / INFO_FILE)
     # Measured on the model as saved and loaded back, not the one in memory.
     saved_model, saved_info = load_model(model_path)
-    metrics: dict[str, Any] = {
-        "trained_validation_accuracy": trainer.history[-1]["val_accuracy"],
-        "validation_accuracy": split_accuracy(saved_model, saved_info, index, "validation")[
+    metrics = FinalMetrics(
+        trained_validation_accuracy=trainer.history[-1]["val_accuracy"],
+        validation_accuracy=split_accuracy(saved_model, saved_info, index, "validation")[
             "accuracy"
         ],
-        "search_value": config.value,
-        "epochs": trainer.epoch,
-        "history": trainer.history,
-    }
-    if "test" in index.splits:
-        metrics["test_accuracy"] = split_accuracy(saved_model, saved_info, index, "test")[
-            "accuracy"
-        ]
-    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        search_value=config.value,
+        epochs=trainer.epoch,
+        history=trainer.history,
+        test_accuracy=(
+            split_accuracy(saved_model, saved_info, index, "test")["accuracy"]
+            if "test" in index.splits
+            else None
+        ),
+    )
+    metrics.write(out)
     return metrics

@@ -13,32 +13,16 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from core.features import is_uri
 from search_spaces import SearchSpace, space_from_mapping
-from tuning.config import SearchConfig, load_config
+from tuning.config import RUNTIME_KEYS, SearchConfig, load_config
+from tuning.run_dir import CONFIG_FILE, MANIFEST_FILE, RunDirError, RunManifest
 
 logger = logging.getLogger(__name__)
-
-MANIFEST_FILE = "search.json"
-
-# Keys that say how the driver runs, not what the search does: they may change
-# on resume. (Ray Tune restores its own settings, such as max_failures,
-# max_concurrent_trials and time_budget_s, as saved; changing those is refused.)
-RUNTIME_KEYS = frozenset(
-    {
-        "include_dashboard",
-        "dashboard_host",
-        "dashboard_port",
-        "object_store_memory",
-        "cache_dir",
-        "batch_size",
-    }
-)
 
 
 class ResumeError(ValueError):
@@ -57,40 +41,25 @@ class SavedRun:
     experiment: str
 
 
-def write_manifest(
-    run_dir: Path, data_path: str | Path, fingerprint: str, space: SearchSpace, experiment: str
-) -> None:
-    """Records the data, the space and the experiment's location of a search about to start."""
-    manifest = {
-        "dataset": {"path": str(Path(data_path).absolute()), "fingerprint": fingerprint},
-        "space": space.to_dict(),
-        "experiment": experiment,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    (run_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-
-
-def load_run(run_dir: str | Path, config_file: str) -> SavedRun:
+def load_run(run_dir: str | Path, config_file: str = CONFIG_FILE) -> SavedRun:
     """Reads a run directory back for ``--resume``.
 
     Raises:
         ResumeError: naming the directory and the missing or unreadable file.
     """
     run_dir = Path(run_dir).absolute()
-    manifest_path = run_dir / MANIFEST_FILE
-    if not manifest_path.is_file():
+    if not (run_dir / MANIFEST_FILE).is_file():
         raise ResumeError(
             f"{run_dir} is not a bottletune run directory that can be resumed (no {MANIFEST_FILE})"
         )
     try:
-        manifest: dict[str, Any] = json.loads(manifest_path.read_text())
-        space = space_from_mapping(manifest["space"], source=str(manifest_path))
-        dataset = manifest["dataset"]
-        data_path, fingerprint = str(dataset["path"]), str(dataset["fingerprint"])
-        experiment = str(manifest["experiment"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ResumeError(f"{manifest_path}: unreadable ({error})") from error
-    if "://" not in experiment and not Path(experiment).is_dir():
+        manifest = RunManifest.read(run_dir)
+        space = space_from_mapping(manifest.space, source=str(run_dir / MANIFEST_FILE))
+    except (RunDirError, ValueError) as error:
+        raise ResumeError(f"{run_dir / MANIFEST_FILE}: {error}") from error
+    data_path, fingerprint = manifest.dataset.path, manifest.dataset.fingerprint
+    experiment = manifest.experiment
+    if not is_uri(experiment) and not Path(experiment).is_dir():
         raise ResumeError(
             f"{run_dir}: the search never started its trials ({experiment} does not exist); "
             "start it again in a new directory"

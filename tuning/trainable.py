@@ -39,9 +39,9 @@ def recipe_trainable(
     """
     from ray import tune
 
+    from cluster.monitoring import TrialMetrics, for_progress_table
     from core.runtime import configure_tensorflow
     from core.training import RecipeTrainer, entries_for
-    from tuning.monitoring import TrialMetrics, for_progress_table
 
     configure_tensorflow(max(1, int(context.cpus_per_trial)), gpu_fraction=context.gpus_per_trial)
     hparams = Hyperparameters.from_mapping(config)

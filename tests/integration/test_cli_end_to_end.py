@@ -134,10 +134,12 @@ def test_tune_export_train_evaluate_predict(
     lines = predicted.stdout.strip().splitlines()
     assert len(lines) == 3
     for line, image in zip(lines, images, strict=True):
-        path, label, probability = line.split("\t")
+        path, label, probability, true_class = line.split("\t")
         assert path == image
         assert label in ("circle", "square")
         assert 0.5 <= float(probability) <= 1.0
+        # Each test image sits in its class's folder, which predict reads.
+        assert true_class == f"true: {Path(image).parent.name}"
 
 
 def test_tune_joins_a_running_cluster_and_leaves_it_running(

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from tuning import monitoring
+from cluster import monitoring
 
 pytestmark = pytest.mark.integration
 

@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from core.features import FeatureCache
+from core.features import FeatureCache, FeatureRequest
 from search_spaces import SpaceError
 from tuning.config import SearchConfig, load_config
-from tuning.search import SearchError, run_search
+from tuning.run_dir import RunDirError, SearchSummary
+from tuning.search import run_search
 
 pytestmark = pytest.mark.integration
 
@@ -100,7 +101,7 @@ def test_search_computes_features_once_and_a_second_search_reuses_them(
     # Every trial reported, and every trial (including those ASHA stopped) was
     # told to the Optuna study with its value, so the sampler learns from it.
     assert len(first.trials) == 4
-    assert all(trial["val_accuracy"] is not None for trial in first.trials)
+    assert all(trial.val_accuracy is not None for trial in first.trials)
     study = optuna.load_study(
         study_name="bottletune",
         storage=JournalStorage(JournalFileBackend(str(tmp_path / "run1" / "optuna.journal"))),
@@ -108,32 +109,34 @@ def test_search_computes_features_once_and_a_second_search_reuses_them(
     assert len(study.trials) == 4
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     assert sorted(t.value for t in study.trials) == sorted(
-        trial["val_accuracy"] for trial in first.trials
+        trial.val_accuracy for trial in first.trials
     )
-    stopped = [t for t in first.trials if t["status"] == "stopped_early"]
-    assert all(t["epochs"] < config.max_epochs for t in stopped)
+    stopped = [t for t in first.trials if t.status == "stopped_early"]
+    assert all(t.epochs < config.schedule.max_epochs for t in stopped)
     # Every trial ran in a process of its own, which is gone once the trial ended
     # (stopped by ASHA or not): its TensorFlow and GPU memory went with it.
-    pids = {trial["trial_id"]: trial_pids(Path(trial["path"])) for trial in first.trials}
+    pids = {trial.trial_id: trial_pids(Path(trial.path)) for trial in first.trials}
     assert all(len(p) == 1 for p in pids.values()), pids
     assert len({p for ps in pids.values() for p in ps}) == len(first.trials)
     assert wait_until_exited({p for ps in pids.values() for p in ps}), "a trial process lives on"
-    depths = {t["hyperparameters"]["unfreeze_blocks"] for t in first.trials}
+    depths = {t.hyperparameters.unfreeze_blocks for t in first.trials}
     assert depths <= {0, 1, 2}
     # Augmented and plain trials both trained, on the same shared entries.
-    strengths = {t["hyperparameters"]["augmentation"] for t in first.trials}
+    strengths = {t.hyperparameters.augmentation for t in first.trials}
     assert strengths == {0.0, 0.5}
 
     # Each trial checkpointed every epoch; the newest checkpoint is its last epoch.
     for trial in first.trials:
-        checkpoints = sorted(Path(trial["path"]).glob("checkpoint_*"))
-        assert checkpoints, f"trial {trial['trial_id']} wrote no checkpoint"
+        checkpoints = sorted(Path(trial.path).glob("checkpoint_*"))
+        assert checkpoints, f"trial {trial.trial_id} wrote no checkpoint"
         state = json.loads((checkpoints[-1] / "state.json").read_text())
-        assert state["epoch"] == trial["epochs"]
+        assert state["epoch"] == trial.epochs
         assert (checkpoints[-1] / "head.weights.h5").is_file()
 
     results = json.loads((tmp_path / "run1" / "results.json").read_text())
-    assert results["best_trial_id"] == first.best["trial_id"]
+    assert results["best_trial_id"] == first.best.trial_id
+    assert SearchSummary.read(tmp_path / "run1") == first.summary
+    assert results == first.summary.to_dict()
     assert (tmp_path / "run1" / "config.yaml").is_file()
     assert load_config(tmp_path / "run1" / "config.yaml") == config
 
@@ -165,7 +168,7 @@ def test_impossible_requests_fail_before_any_trial_runs(
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "notes.txt").write_text("mine")
-    with pytest.raises(SearchError, match="not empty"):
+    with pytest.raises(RunDirError, match="not empty"):
         run_search(small_config(tmp_path), shapes_data, occupied, progress=False)
     assert (occupied / "notes.txt").read_text() == "mine"
 
@@ -199,10 +202,13 @@ def test_trials_fetch_only_their_own_entries_zero_copy(
     from core.hyperparameters import Hyperparameters
     from core.training import entries_for
 
-    bundle = FeatureCache(tmp_path / "cache").ensure(
-        scan_dataset(shapes_data), backbone="vgg16", weights="none", image_size=32,
-        cuts=["block5_pool", "block4_pool"], augmentations=[0.5], views=2, progress=False,
+    request = FeatureRequest(
+        backbone="vgg16", weights="none", image_size=32, cuts=("block5_pool", "block4_pool"),
+        augmentations=(0.5,), views=2,
     )  # fmt: skip
+    bundle = FeatureCache(tmp_path / "cache").ensure(
+        scan_dataset(shapes_data), request, progress=False
+    )
     shared = share_features(bundle)
     augmented = shared.fetch(
         *entries_for(Hyperparameters(unfreeze_blocks=1, augmentation=0.5), "vgg16")
@@ -237,20 +243,29 @@ def test_a_node_without_the_data_builds_from_images_the_driver_sends(
     import numpy as np
 
     from cluster import connect
+    from cluster.extraction import build_features_on_cluster
     from core.data import scan_dataset
     from search_spaces import load_space
-    from tuning.search import build_features_on_cluster, prepare_features
 
     config = small_config(tmp_path)
-    # The extraction node finds nothing at the data's path: the driver must send it.
-    index = dataclasses.replace(scan_dataset(shapes_data), root=tmp_path / "not-on-this-node")
-    built = build_features_on_cluster(config, index, load_space(config.space), connect(None))
-    assert built is not None and len(built.stats.misses) == len(CUTS) * (1 + VIEWS)
-    assert built.pid != os.getpid()
+    request = config.feature_request(load_space(config.searcher.space))
 
-    _, sent, _ = prepare_features(config, shapes_data, load_space(config.space), progress=False)
-    from_disk = config.replace(cache_dir=str(tmp_path / "from-disk"))
-    _, read, _ = prepare_features(from_disk, shapes_data, load_space(config.space), progress=False)
+    def build(index: Any) -> Any:
+        return build_features_on_cluster(
+            config.cache_location, index, request, connect(None),
+            validation_fraction=config.features.validation_fraction, seed=config.seed,
+            progress=False,
+        )  # fmt: skip
+
+    # The extraction node finds nothing at the data's path: the driver must send it.
+    scanned = scan_dataset(shapes_data, config.features.validation_fraction, config.seed)
+    index = dataclasses.replace(scanned, root=tmp_path / "not-on-this-node")
+    built = build(index)
+    assert built is not None and len(built.stats.misses) == len(CUTS) * (1 + VIEWS)
+    assert built.pid != os.getpid() and not built.needs_images
+
+    sent = FeatureCache(config.cache_location).ensure(scanned, request, progress=False)
+    read = FeatureCache(tmp_path / "from-disk").ensure(scanned, request, progress=False)
     for cut in ("block5_pool", "block3_pool"):
         np.testing.assert_array_equal(
             sent.features(cut, "validation"), read.features(cut, "validation")
@@ -259,4 +274,4 @@ def test_a_node_without_the_data_builds_from_images_the_driver_sends(
             np.testing.assert_array_equal(
                 sent.views_of(cut, 0.5)[view], read.views_of(cut, 0.5)[view]
             )
-    assert build_features_on_cluster(config, index, load_space(config.space), connect(None)) is None
+    assert build(index) is None

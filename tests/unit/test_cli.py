@@ -161,3 +161,54 @@ def test_export_of_a_non_run_directory_names_results_json(tmp_path: Path) -> Non
     assert len(lines) == 1, result.stderr
     assert str(not_a_run / "results.json") in lines[0]
     assert not out.exists()
+
+
+def test_predict_prints_the_true_class_where_the_folder_names_one(tmp_path: Path) -> None:
+    import keras
+    from PIL import Image
+
+    from core.inference import ModelInfo, folder_class
+
+    size, classes = 8, ("circle", "square")
+    inputs = keras.Input((size, size, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(len(classes), activation="softmax")(pooled))
+    model_path = tmp_path / "model" / "model.keras"
+    model_path.parent.mkdir()
+    model.save(model_path)
+    info = ModelInfo(class_names=classes, image_size=size, backbone="vgg16")
+    (model_path.parent / "model_info.json").write_text(json.dumps(info.to_dict()))
+    images = [
+        tmp_path / "test" / "square" / "a.png",  # a class folder: its class is printed
+        tmp_path / "dogs" / "b.png",  # a folder, but no class of the model's
+        tmp_path / "c.png",
+    ]
+    for image in images:
+        image.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (size, size), (200, 30, 30)).save(image)
+
+    # Without the tests' own TF_CPP_MIN_LOG_LEVEL: the command quiets TensorFlow itself.
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", "predict", "--model", str(model_path), *map(str, images)],
+        cwd=REPO_ROOT,
+        env={name: value for name, value in os.environ.items() if name != "TF_CPP_MIN_LOG_LEVEL"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    # C++ lines logged once TensorFlow has set up its logging are hidden; the
+    # ones it writes while it loads cannot be (see core.runtime).
+    assert "cuInit" not in result.stderr
+    assert "cpu_feature_guard" not in result.stderr
+    rows = [line.split("\t") for line in result.stdout.strip().splitlines()]
+    assert [row[0] for row in rows] == [str(image) for image in images]
+    assert [len(row) for row in rows] == [4, 3, 3]
+    assert rows[0][3] == "true: square"
+    for row in rows:
+        assert row[1] in classes
+        assert 0.5 <= float(row[2]) <= 1.0
+    assert folder_class("square/a.png", classes) == "square"
+    assert folder_class(tmp_path / "a.png", classes) is None

@@ -286,6 +286,6 @@ def test_rayjob_runs_a_valid_bottletune_search_on_shared_storage() -> None:
     args = build_parser().parse_args(entrypoint[1:])
     assert args.address == "auto"
     config = load_config(args.config, parse_overrides(args.overrides))
-    for path in (args.data, args.out, config.cache_dir):
+    for path in (args.data, args.out, config.extraction.cache_dir):
         assert str(path).startswith("/mnt/shared/"), path
-    assert 0 < config.gpus_per_trial < 1, "the recipe packs several trials per GPU"
+    assert 0 < config.resources.gpus_per_trial < 1, "the recipe packs several trials per GPU"

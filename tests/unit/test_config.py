@@ -12,6 +12,9 @@ from core.backbones import get_backbone
 from search_spaces import load_space
 from tuning.config import (
     CONFIGS_DIR,
+    FLAT_KEYS,
+    GROUPS,
+    RUNTIME_KEYS,
     ConfigError,
     SearchConfig,
     load_config,
@@ -28,8 +31,8 @@ VGG16_MIN = get_backbone("vgg16").min_image_size
 
 def check_like_cli(config: SearchConfig) -> None:
     """What ``bottletune check-config`` validates beyond the config itself."""
-    space = load_space(config.space)
-    spec = get_backbone(config.backbone)
+    space = load_space(config.searcher.space)
+    spec = get_backbone(config.features.backbone)
     space.validate_for_backbone(spec.num_blocks, spec.name)
 
 
@@ -45,9 +48,9 @@ def test_defaults_are_valid() -> None:
     config = SearchConfig()
 
     assert load_config() == config
-    assert set(config.to_dict()) == {field.name for field in dataclasses.fields(SearchConfig)}
-    assert config.sampler in SAMPLER_NAMES
-    assert config.image_size >= get_backbone(config.backbone).min_image_size
+    assert tuple(config.to_dict()) == FLAT_KEYS
+    assert config.searcher.sampler in SAMPLER_NAMES
+    assert config.features.image_size >= get_backbone(config.features.backbone).min_image_size
     check_like_cli(config)
 
 
@@ -77,7 +80,7 @@ def test_every_preset_loads_and_passes_check_config(preset: Path) -> None:
     data = yaml.safe_load(preset.read_text())
     assert isinstance(data, dict) and data
     for key, value in data.items():
-        assert getattr(by_path, key) == value, key
+        assert by_path.to_dict()[key] == value, key
     check_like_cli(by_path)
 
 
@@ -86,7 +89,7 @@ def test_preset_lookup_by_name_and_by_path(tmp_path: Path) -> None:
     own = write_yaml(tmp_path / "mine.yaml", "image_size: 64\n")
     assert resolve_config_path(own) == own
     assert resolve_config_path(str(own)) == own
-    assert load_config(str(own)).image_size == 64
+    assert load_config(str(own)).features.image_size == 64
 
 
 def test_unknown_preset_lists_the_presets() -> None:
@@ -145,18 +148,19 @@ def test_numeric_strings_are_accepted_for_float_keys(tmp_path: Path) -> None:
     # YAML 1.1 reads 1e-3 (no dot) as a string; float keys take it anyway.
     assert parse_overrides(["time_budget_s=1e-3"]) == {"time_budget_s": "1e-3"}
     config = load_config(overrides=parse_overrides(["time_budget_s=1e-3"]))
-    assert config.time_budget_s == pytest.approx(0.001)
-    assert isinstance(config.time_budget_s, float)
+    assert config.schedule.time_budget_s == pytest.approx(0.001)
+    assert isinstance(config.schedule.time_budget_s, float)
 
     path = write_yaml(tmp_path / "fraction.yaml", "validation_fraction: 1e-1\n")
-    assert load_config(path).validation_fraction == pytest.approx(0.1)
+    assert load_config(path).features.validation_fraction == pytest.approx(0.1)
 
 
 def test_whole_numbers_convert_between_int_and_float_keys() -> None:
     config = load_config(overrides=parse_overrides(["cpus_per_trial=2", "image_size=64.0"]))
 
-    assert config.cpus_per_trial == 2.0 and isinstance(config.cpus_per_trial, float)
-    assert config.image_size == 64 and isinstance(config.image_size, int)
+    cpus, size = config.resources.cpus_per_trial, config.features.image_size
+    assert cpus == 2.0 and isinstance(cpus, float)
+    assert size == 64 and isinstance(size, int)
 
 
 def test_later_sources_override_earlier_ones(tmp_path: Path) -> None:
@@ -164,7 +168,7 @@ def test_later_sources_override_earlier_ones(tmp_path: Path) -> None:
 
     config = load_config(path, parse_overrides(["seed=7"]))
 
-    assert (config.image_size, config.seed) == (64, 7)
+    assert (config.features.image_size, config.seed) == (64, 7)
 
 
 # Bad values
@@ -193,12 +197,12 @@ def test_bad_values_are_rejected_naming_key_and_value(
 
 
 def test_backbone_minimum_image_size_is_accepted() -> None:
-    assert load_config(overrides={"image_size": VGG16_MIN}).image_size == VGG16_MIN
+    assert load_config(overrides={"image_size": VGG16_MIN}).features.image_size == VGG16_MIN
 
 
 def test_whole_gpu_counts_above_one_are_allowed() -> None:
-    assert load_config(overrides={"gpus_per_trial": 2}).gpus_per_trial == 2.0
-    assert load_config(overrides={"gpus_per_trial": 0.25}).gpus_per_trial == 0.25
+    assert load_config(overrides={"gpus_per_trial": 2}).resources.gpus_per_trial == 2.0
+    assert load_config(overrides={"gpus_per_trial": 0.25}).resources.gpus_per_trial == 0.25
 
 
 def test_bad_value_in_a_file_names_the_file(tmp_path: Path) -> None:
@@ -275,7 +279,7 @@ def test_write_config_round_trips(tmp_path: Path, overrides: dict[str, object]) 
 
     assert load_config(path) == config
     written = yaml.safe_load(path.read_text())
-    assert list(written) == [field.name for field in dataclasses.fields(SearchConfig)]
+    assert tuple(written) == FLAT_KEYS
 
 
 def test_a_space_file_named_in_a_config_is_found_next_to_it(tmp_path: Path) -> None:
@@ -284,8 +288,8 @@ def test_a_space_file_named_in_a_config_is_found_next_to_it(tmp_path: Path) -> N
     (folder / "narrow.yaml").write_text("dropout: {type: float, low: 0.1, high: 0.2}\n")
     (folder / "search.yaml").write_text("space: narrow.yaml\n")
     config = load_config(folder / "search.yaml")
-    assert config.space == str((folder / "narrow.yaml").resolve())
-    assert load_space(config.space).names() == ("dropout",)
+    assert config.searcher.space == str((folder / "narrow.yaml").resolve())
+    assert load_space(config.searcher.space).names() == ("dropout",)
 
 
 @pytest.mark.parametrize("key", ["cache_dir", "storage_path"])
@@ -294,3 +298,61 @@ def test_credentials_in_a_uri_are_refused_without_echoing_them(key: str) -> None
         load_config(overrides={key: "s3://AKIDEXAMPLE:s3cr3t@bucket/prefix"})
     assert "s3cr3t" not in str(caught.value)
     assert load_config(overrides={key: "s3://bucket/prefix"}).to_dict()[key] == "s3://bucket/prefix"
+
+
+# Groups
+
+
+def test_every_flat_key_sits_in_exactly_one_group() -> None:
+    config = load_config(overrides={"image_size": 64, "grace_period": 2, "storage_path": "/s"})
+
+    assert (config.features.image_size, config.asha.grace_period) == (64, 2)
+    assert config.storage.storage_path == "/s"
+    grouped = [
+        field.name for group in GROUPS for field in dataclasses.fields(getattr(config, group))
+    ]
+    assert sorted(["seed", *grouped]) == sorted(FLAT_KEYS)
+    assert len(grouped) == len(set(grouped))
+
+
+def test_the_keys_a_resume_may_change_are_the_runtime_groups() -> None:
+    assert {
+        "cache_dir",
+        "extraction_batch_size",
+        "include_dashboard",
+        "dashboard_host",
+        "dashboard_port",
+        "object_store_memory",
+    } == RUNTIME_KEYS
+
+
+def test_the_old_batch_size_key_reads_as_the_extraction_batch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write_yaml(tmp_path / "old.yaml", "batch_size: 8\n")
+
+    with caplog.at_level("WARNING", logger="tuning.config"):
+        config = load_config(path)
+
+    assert config.extraction.extraction_batch_size == 8
+    assert str(path) in caplog.text and "extraction_batch_size" in caplog.text
+    assert "batch_size" not in config.to_dict()
+
+
+def test_the_feature_request_follows_the_config_and_the_space() -> None:
+    config = load_config(
+        overrides={"image_size": 64, "augmentation_views": 3, "extraction_batch_size": 4}
+    )
+    space = load_space(
+        {
+            "unfreeze_blocks": {"type": "int", "low": 0, "high": 2},
+            "augmentation": {"type": "categorical", "choices": [0.0, 0.5]},
+        }
+    )
+
+    request = config.feature_request(space)
+
+    assert request.cuts == ("block5_pool", "block4_pool", "block3_pool")
+    assert request.augmentations == (0.5,)
+    assert (request.image_size, request.views, request.dtype) == (64, 3, "float16")
+    assert (request.seed, request.extraction_batch_size) == (0, 4)

@@ -11,7 +11,16 @@ import pytest
 
 from core.hyperparameters import Hyperparameters
 from tuning.export import EXPORT_VERSION, BestConfig, ExportError, best_config, export_best
-from tuning.search import RESULTS_FILE
+from tuning.run_dir import (
+    RESULTS_FILE,
+    BuildSite,
+    CacheSummary,
+    ClusterSummary,
+    DatasetSummary,
+    SearchSettings,
+    SearchSummary,
+    TrialSummary,
+)
 
 FINGERPRINT = "3f1c9a0b7d2e"
 CLASS_NAMES = ["cats", "dogs"]
@@ -51,60 +60,72 @@ TRIAL_SETTINGS: list[dict[str, Any]] = [
 BEST = TRIAL_SETTINGS[1]
 
 
-def trial_summary(settings: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """One entry of results.json["trials"], shaped like run_search's _summarize."""
+def trial_summary(settings: dict[str, Any], run_dir: Path) -> TrialSummary:
+    """One trial of results.json, as the search's summarize_trial builds it."""
     epochs = settings["epochs"]
     history = [
         {
             "training_iteration": epoch,
-            "phase": "head" if epoch <= 3 else "finetune",
+            "phase": 1 if epoch <= 3 else 2,
             "val_accuracy": settings["val_accuracy"],
             "val_loss": 0.4,
             "loss": 0.3,
         }
         for epoch in range(1, epochs + 1)
     ]
-    return {
-        "trial_id": settings["trial_id"],
-        "status": settings["status"],
-        "epochs": epochs,
-        "val_accuracy": settings["val_accuracy"],
-        "val_loss": 0.4 if epochs else None,
-        "hyperparameters": Hyperparameters.from_mapping(settings["searched"]).to_dict(),
-        "searched": settings["searched"],
-        "history": history,
-        "path": str(run_dir / "trials" / settings["trial_id"]),
-        "error": "RuntimeError: out of memory" if settings["status"] == "error" else None,
-    }
+    return TrialSummary(
+        trial_id=settings["trial_id"],
+        status=settings["status"],
+        epochs=epochs,
+        val_accuracy=settings["val_accuracy"],
+        val_loss=0.4 if epochs else None,
+        hyperparameters=Hyperparameters.from_mapping(settings["searched"]),
+        searched=settings["searched"],
+        history=history,
+        path=str(run_dir / "trials" / settings["trial_id"]),
+        error="RuntimeError: out of memory" if settings["status"] == "error" else None,
+    )
+
+
+def search_summary(run_dir: Path, best_trial_id: str = BEST["trial_id"]) -> SearchSummary:
+    return SearchSummary(
+        metric="val_accuracy",
+        mode="max",
+        seconds=42.5,
+        dataset=DatasetSummary(
+            path="/data/cats-and-dogs",
+            fingerprint=FINGERPRINT,
+            layout="split",
+            class_names=tuple(CLASS_NAMES),
+            counts={"train": 40, "validation": 16, "test": 8},
+        ),
+        search=SearchSettings(
+            backbone="vgg16",
+            weights="none",
+            weights_identity="random-init-seed-7",
+            image_size=48,
+            seed=7,
+            head_epochs=3,
+            max_epochs=6,
+            validation_fraction=0.25,
+            augmentation_views=4,
+            feature_dtype="float16",
+        ),
+        cache=CacheSummary(
+            dir=str(run_dir / "cache"),
+            hits=["vgg16-48px-block5_pool-float16-0a1b"],
+            misses=["vgg16-48px-block4_pool-float16-2c3d"],
+            built_by=BuildSite(pid=4242, node="10.0.0.7", gpu_ids=["0"]),
+        ),
+        cluster=ClusterSummary(address="10.0.0.7:6379", nodes=["10.0.0.7", "10.0.0.8"]),
+        best_trial_id=best_trial_id,
+        trials=[trial_summary(settings, run_dir) for settings in TRIAL_SETTINGS],
+    )
 
 
 def results_document(run_dir: Path, best_trial_id: str = BEST["trial_id"]) -> dict[str, Any]:
-    """A results.json in the schema run_search writes."""
-    return {
-        "metric": "val_accuracy",
-        "mode": "max",
-        "seconds": 42.5,
-        "dataset": {
-            "path": "/data/cats-and-dogs",
-            "fingerprint": FINGERPRINT,
-            "layout": "split",
-            "class_names": CLASS_NAMES,
-            "counts": {"train": 40, "validation": 16, "test": 8},
-        },
-        "search": {
-            "backbone": "vgg16",
-            "weights": "none",
-            "weights_identity": "random-init-seed-7",
-            "image_size": 48,
-            "seed": 7,
-            "head_epochs": 3,
-            "max_epochs": 6,
-            "validation_fraction": 0.25,
-        },
-        "cache": {"dir": str(run_dir / "cache"), "hits": 1, "misses": 2},
-        "best_trial_id": best_trial_id,
-        "trials": [trial_summary(settings, run_dir) for settings in TRIAL_SETTINGS],
-    }
+    """A results.json as the search writes it: the typed summary, as a dict."""
+    return search_summary(run_dir, best_trial_id).to_dict()
 
 
 @pytest.fixture
@@ -192,6 +213,42 @@ def test_best_config_follows_best_trial_id(tmp_path: Path) -> None:
     assert config.trial_id == early["trial_id"]
     assert config.epochs == early["epochs"]
     assert config.hyperparameters == Hyperparameters.from_mapping(early["searched"])
+
+
+def test_a_summary_reads_back_as_written(run_dir: Path) -> None:
+    summary = search_summary(run_dir)
+
+    again = SearchSummary.read(run_dir)
+
+    assert again == summary
+    assert again.best.trial_id == BEST["trial_id"]
+    assert json.loads(json.dumps(summary.to_dict())) == summary.to_dict()
+
+
+def test_a_results_file_from_before_the_cache_settings_reads_with_defaults(
+    run_dir: Path,
+) -> None:
+    document = results_document(run_dir)
+    for key in ("augmentation_views", "feature_dtype"):
+        del document["search"][key]
+    del document["cluster"]
+    write_json(run_dir / RESULTS_FILE, document)
+
+    config = best_config(run_dir)
+
+    assert (config.augmentation_views, config.feature_dtype) == (8, "float32")
+
+
+def test_a_mistyped_trial_field_names_the_file_and_the_key(run_dir: Path) -> None:
+    document = results_document(run_dir)
+    document["trials"][1]["epochs"] = "six"
+    write_json(run_dir / RESULTS_FILE, document)
+
+    with pytest.raises(ExportError) as caught:
+        best_config(run_dir)
+
+    assert str(run_dir / RESULTS_FILE) in str(caught.value)
+    assert "trials[1]: epochs='six'" in str(caught.value)
 
 
 def test_missing_results_file_names_the_path(tmp_path: Path) -> None:

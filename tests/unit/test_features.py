@@ -13,7 +13,7 @@ import pytest
 
 from core.backbones import INPUT_CUT
 from core.data import load_images, scan_dataset
-from core.features import FeatureCache, FeatureCacheError, FeatureKey
+from core.features import FeatureCache, FeatureCacheError, FeatureKey, FeatureRequest
 
 CUTS = ["block5_pool", "block4_pool"]
 
@@ -28,7 +28,9 @@ def ensure(cache: FeatureCache, data: Path, **overrides: object):  # type: ignor
         "progress": False,
     }
     arguments.update(overrides)
-    return cache.ensure(scan_dataset(data), **arguments)  # type: ignore[arg-type]
+    progress = bool(arguments.pop("progress"))
+    request = FeatureRequest(**arguments)  # type: ignore[arg-type]
+    return cache.ensure(scan_dataset(data), request, progress=progress)
 
 
 def test_features_are_computed_once_and_then_read_from_disk(

@@ -6,6 +6,7 @@ have imported anything.
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import subprocess
@@ -20,6 +21,35 @@ LIGHT_CORE = "core.backbones, core.data, core.hyperparameters, core.features, co
 KERAS_CORE = ("core.training", "core.model", "core.layers", "core.inference")
 NOT_CALLING_RAY_INIT = ("core", "search_spaces", "tuning", "cli")
 RAY_INIT = re.compile(r"\bray\.init\s*\(")
+PACKAGES = ("core", "search_spaces", "tuning", "cluster", "cli")
+MAY_IMPORT_RAY = (
+    "cluster/",
+    "tuning/trainable.py",
+    "tuning/tuner.py",
+    # STYLE: search_spaces holds the one adapter to Ray Tune's sampling functions.
+    "search_spaces/adapters.py",
+)
+MAY_IMPORT_RAY_PRIVATE = ("cluster/",)
+
+
+def ray_imports(source: str) -> list[tuple[int, str]]:
+    """(line, module) of every import of ray or a ray submodule, at any depth of the code."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found += [(node.lineno, name) for name in names if name == "ray" or name.startswith("ray.")]
+    return found
+
+
+def allowed(path: str, prefixes: tuple[str, ...]) -> bool:
+    return any(
+        path == prefix or (prefix.endswith("/") and path.startswith(prefix)) for prefix in prefixes
+    )
 
 
 def imported_after(statement: str, modules: tuple[str, ...]) -> list[str]:
@@ -96,3 +126,37 @@ def test_the_ray_init_pattern_finds_the_cluster_call() -> None:
 
     assert RAY_INIT.search(cluster_sources)
     assert not RAY_INIT.search("ray.initialize_something()")
+
+
+def test_only_cluster_the_trainable_and_the_tuner_import_ray() -> None:
+    offenders = []
+    files = [path for package in PACKAGES for path in sorted((REPO_ROOT / package).rglob("*.py"))]
+    assert len(files) > 20
+    for path in files:
+        relative = path.relative_to(REPO_ROOT).as_posix()
+        for line, module in ray_imports(path.read_text()):
+            private = module == "ray._private" or module.startswith("ray._private.")
+            if not allowed(relative, MAY_IMPORT_RAY) or (
+                private and not allowed(relative, MAY_IMPORT_RAY_PRIVATE)
+            ):
+                offenders.append(f"{relative}:{line}: {module}")
+
+    assert offenders == []
+
+
+def test_the_ray_import_checker_finds_imports_at_any_depth() -> None:
+    source = (
+        "import os, rayon\n"
+        "def f():\n"
+        "    import ray\n"
+        "    from ray import tune\n"
+        "    from ray._private import worker\n"
+        "    from .ray import x\n"
+    )
+
+    modules = [module for _, module in ray_imports(source)]
+
+    assert modules == ["ray", "ray", "ray.tune", "ray._private", "ray._private.worker"]
+    assert allowed("cluster/runtime.py", MAY_IMPORT_RAY)
+    assert not allowed("tuning/search.py", MAY_IMPORT_RAY)
+    assert not allowed("tuning/tuner.py", MAY_IMPORT_RAY_PRIVATE)

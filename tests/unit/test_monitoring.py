@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from cluster import monitoring
 from core.features import CacheStats
-from tuning import monitoring
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -137,7 +137,7 @@ def test_tunes_progress_table_gets_a_validation_accuracy_column() -> None:
 
 
 def test_importing_monitoring_does_not_import_ray() -> None:
-    code = "import json, sys, tuning.monitoring; print(json.dumps('ray' in sys.modules))"
+    code = "import json, sys, cluster.monitoring; print(json.dumps('ray' in sys.modules))"
     result = subprocess.run(
         [sys.executable, "-c", code],
         cwd=REPO_ROOT,
@@ -171,10 +171,8 @@ def test_the_grafana_dashboard_charts_every_exported_metric() -> None:
 def test_the_grafana_dashboard_goes_where_rays_dashboard_provisions_grafana(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import cluster
-
     session = tmp_path / "session"
-    monkeypatch.setattr(cluster, "local_session_dir", lambda: str(session))
+    monkeypatch.setattr(monitoring, "local_session_dir", lambda: str(session))
     assert monitoring.install_grafana_dashboard() is None  # no provisioned Grafana here
 
     # What Ray's dashboard writes: provisioning that names the dashboards folder.
@@ -203,5 +201,5 @@ def test_the_grafana_dashboard_goes_where_rays_dashboard_provisions_grafana(
     finally:
         folder.chmod(0o700)
 
-    monkeypatch.setattr(cluster, "local_session_dir", lambda: None)  # Ray Client
+    monkeypatch.setattr(monitoring, "local_session_dir", lambda: None)  # Ray Client
     assert monitoring.install_grafana_dashboard() is None

@@ -7,25 +7,27 @@ from pathlib import Path
 import pytest
 
 from search_spaces import load_space
-from tuning.config import SearchConfig, write_config
-from tuning.resume import ResumeError, SavedRun, check_resume, load_run, write_manifest
+from tuning.config import load_config
+from tuning.resume import ResumeError, SavedRun, check_resume, load_run
+from tuning.run_dir import start_run_dir
 
 FINGERPRINT = "f" * 64
 
 
 def saved_run(tmp_path: Path, **config: object) -> SavedRun:
     run_dir = tmp_path / "run"
-    (run_dir / "trials").mkdir(parents=True)
-    write_config(SearchConfig(weights="none", image_size=32, **config), run_dir / "config.yaml")  # type: ignore[arg-type]
-    write_manifest(
-        run_dir, tmp_path / "data", FINGERPRINT, load_space("default"), str(run_dir / "trials")
-    )
-    return load_run(run_dir, "config.yaml")
+    settings = load_config(overrides={"weights": "none", "image_size": 32, **config})
+    start_run_dir(
+        run_dir, settings, load_space("default"), tmp_path / "data", FINGERPRINT,
+        str(run_dir / "trials"),
+    )  # fmt: skip
+    (run_dir / "trials").mkdir()
+    return load_run(run_dir)
 
 
 def test_a_run_directory_reads_back(tmp_path: Path) -> None:
     saved = saved_run(tmp_path, num_samples=5)
-    assert saved.config.num_samples == 5
+    assert saved.config.schedule.num_samples == 5
     assert saved.fingerprint == FINGERPRINT
     assert saved.data_path == str((tmp_path / "data").absolute())
     assert saved.space.to_dict() == load_space("default").to_dict()

@@ -9,7 +9,7 @@ import pytest
 
 from core.backbones import get_backbone
 from core.data import load_images, scan_dataset
-from core.features import FeatureBundle, FeatureCache
+from core.features import FeatureBundle, FeatureCache, FeatureRequest
 from core.hyperparameters import Hyperparameters
 from core.training import RecipeTrainer, TrainingSetup, view_batches
 
@@ -19,17 +19,16 @@ CUTS = ["block5_pool", "block4_pool", "block3_pool"]
 @pytest.fixture(scope="module")
 def bundle(shapes_data: Path, tmp_path_factory: pytest.TempPathFactory) -> FeatureBundle:
     cache = FeatureCache(tmp_path_factory.mktemp("cache"))
-    return cache.ensure(
-        scan_dataset(shapes_data),
+    request = FeatureRequest(
         backbone="vgg16",
         weights="none",
         image_size=32,
-        cuts=CUTS,
-        augmentations=[0.5, 1.0],
+        cuts=tuple(CUTS),
+        augmentations=(0.5, 1.0),
         views=2,
         seed=0,
-        progress=False,
     )
+    return cache.ensure(scan_dataset(shapes_data), request, progress=False)
 
 
 def setup(epochs: int = 2, head_epochs: int = 1) -> TrainingSetup:
@@ -179,14 +178,8 @@ def test_checkpoint_restores_weights_and_progress(bundle: FeatureBundle, tmp_pat
 
 def test_multiclass_head_uses_softmax(three_class_data: Path, tmp_path: Path) -> None:
     cache = FeatureCache(tmp_path)
-    bundle3 = cache.ensure(
-        scan_dataset(three_class_data),
-        backbone="vgg16",
-        weights="none",
-        image_size=32,
-        cuts=["block5_pool"],
-        progress=False,
-    )
+    request = FeatureRequest(backbone="vgg16", weights="none", image_size=32, cuts=("block5_pool",))
+    bundle3 = cache.ensure(scan_dataset(three_class_data), request, progress=False)
     trainer = RecipeTrainer(Hyperparameters(), setup(epochs=1), bundle3)
     trainer.train_epoch()
     output = trainer.head.get_layer("head_output")
@@ -281,11 +274,11 @@ def test_float16_features_train_a_model_that_predicts_like_float32(
     )  # fmt: skip
     predictions, reports = {}, {}
     for dtype in ("float32", "float16"):
-        features = cache.ensure(
-            index, backbone="vgg16", weights="none", image_size=32,
-            cuts=["block5_pool", "block4_pool"], augmentations=[0.5], views=2, dtype=dtype,
-            seed=0, progress=False,
+        request = FeatureRequest(
+            backbone="vgg16", weights="none", image_size=32,
+            cuts=("block5_pool", "block4_pool"), augmentations=(0.5,), views=2, dtype=dtype,
         )  # fmt: skip
+        features = cache.ensure(index, request, progress=False)
         assert features.features("block4_pool", "train").dtype == np.dtype(dtype)
         trainer = RecipeTrainer(hparams, setup(epochs=3), features)
         reports[dtype] = [trainer.train_epoch() for _ in range(3)]

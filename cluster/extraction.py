@@ -1,0 +1,145 @@
+"""Building a search's missing cache entries in a Ray task, before any trial starts.
+
+The task asks for a whole GPU when any node has one, so extraction runs on a
+GPU node of a cluster; it runs once (``max_calls=1``: its process, with the
+backbone in memory, exits afterwards). It first tries to read the images from
+the files; when its node does not see the driver's data at the same path,
+byte for byte, it answers ``ExtractionOutcome(needs_images=True)`` and the
+driver sends the decoded images through the object store. So the data only
+has to be where the driver is; the cache must be shared storage or a URI on
+several nodes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cluster.runtime import ClusterInfo
+from core.data import DatasetIndex, LoadedImages, load_images, scan_dataset
+from core.features import CACHED_SPLITS, CacheStats, FeatureCache, FeatureRequest
+
+logger = logging.getLogger(__name__)
+
+
+class ExtractionError(RuntimeError):
+    """The extraction task could not build the features it was asked for."""
+
+
+@dataclass(frozen=True)
+class ExtractionOutcome:
+    """What the extraction task answers.
+
+    Attributes:
+        needs_images: True when the task's node cannot read the driver's data
+            (then nothing else is set, and the driver sends the images).
+        stats: The entries it found cached and those it built.
+        pid: The task's process.
+        node: The task's node IP.
+        gpu_ids: The GPUs Ray gave the task.
+    """
+
+    needs_images: bool = False
+    stats: CacheStats = field(default_factory=CacheStats)
+    pid: int = 0
+    node: str = ""
+    gpu_ids: tuple[str, ...] = ()
+
+
+def build_features_on_cluster(
+    cache_location: str,
+    index: DatasetIndex,
+    request: FeatureRequest,
+    info: ClusterInfo,
+    *,
+    validation_fraction: float,
+    seed: int,
+    progress: bool = True,
+) -> ExtractionOutcome | None:
+    """Builds every missing entry of ``request`` in one Ray task.
+
+    Args:
+        cache_location: The cache, a URI or an absolute path (the task resolves
+            nothing relative to its own working directory).
+        index: The driver's scan of the data.
+        request: The entries the search needs.
+        info: The connected cluster (does any node have a GPU?).
+        validation_fraction, seed: How ``index`` was split, to scan the data
+            again on the task's node.
+        progress: Show the extraction progress bar (in the task's log).
+
+    Returns:
+        Who built what, or None when everything was cached already.
+
+    Raises:
+        ExtractionError: when the task cannot use the images it was sent.
+    """
+    import ray
+
+    if not FeatureCache(cache_location).missing(index, request):
+        return None
+    gpus = 1 if any(node.gpus >= 1 for node in info.nodes) else 0
+    task = ray.remote(num_cpus=1, num_gpus=gpus, max_calls=1)(_extract)
+    arguments = (cache_location, index, request, validation_fraction, seed, progress)
+    outcome: ExtractionOutcome = ray.get(task.remote(*arguments, None))
+    if outcome.needs_images:
+        logger.info("the data is not on the extraction node; sending the decoded images")
+        plain_missing = any(
+            not key.is_view for key in FeatureCache(cache_location).missing(index, request)
+        )
+        splits = CACHED_SPLITS if plain_missing else ("train",)
+        decoded = {
+            split: load_images(index.splits[split], request.image_size, progress=progress)
+            for split in splits
+        }
+        outcome = ray.get(task.remote(*arguments, ray.put(decoded)))
+    if outcome.needs_images:
+        raise ExtractionError("the feature-extraction task could not read the images it was sent")
+    logger.info(
+        "features prepared on node %s (pid %d, GPUs %s): %d built, %d cached",
+        outcome.node,
+        outcome.pid,
+        ", ".join(outcome.gpu_ids) or "none",
+        len(outcome.stats.misses),
+        len(outcome.stats.hits),
+    )
+    return outcome
+
+
+def _extract(
+    cache_location: str,
+    index: DatasetIndex,
+    request: FeatureRequest,
+    validation_fraction: float,
+    seed: int,
+    progress: bool,
+    images: Mapping[str, LoadedImages] | None,
+) -> ExtractionOutcome:
+    """The task: builds the missing entries on this node, or asks for the images."""
+    import ray
+
+    if images is None and not _same_data_here(index, validation_fraction, seed):
+        return ExtractionOutcome(needs_images=True)
+    # TensorFlow keeps its default threads: no trial runs until this task is done.
+    cache = FeatureCache(cache_location)
+    cache.ensure(index, request, progress=progress, images=images)
+    return ExtractionOutcome(
+        stats=cache.stats,
+        pid=os.getpid(),
+        node=ray.util.get_node_ip_address(),
+        gpu_ids=tuple(str(gpu) for gpu in ray.get_gpu_ids()),
+    )
+
+
+def _same_data_here(index: DatasetIndex, validation_fraction: float, seed: int) -> bool:
+    """Whether this node reads the driver's dataset at the same path, byte for byte."""
+    if not Path(index.root).is_dir():
+        return False
+    try:
+        here = scan_dataset(index.root, validation_fraction, seed)
+    except ValueError:
+        return False
+    return here.fingerprint == index.fingerprint

@@ -1,0 +1,245 @@
+"""Ray Tune's side of a search: the tuner, built new or restored, and what its trials left.
+
+What decides (the Optuna sampler behind ``OptunaSearch``, and ASHA), what runs
+(``recipe_trainable``) and what defines (the search space) stay separate, as in
+KerasTuner's oracle / tuner / hypermodel split; this module puts them together.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from core.features import is_uri
+from core.hyperparameters import Hyperparameters
+from search_spaces import SearchSpace, to_optuna
+from tuning.config import SearchConfig
+from tuning.resume import fail_orphaned_study_trials, trials_in_saved_experiment
+from tuning.run_dir import METRIC, MODE, STUDY_FILE, STUDY_NAME, TRIALS_DIR, TrialSummary
+from tuning.trainable import TrialContext, recipe_trainable
+
+logger = logging.getLogger(__name__)
+
+HISTORY_COLUMNS = ("training_iteration", "phase", "val_accuracy", "val_loss", "loss")
+"""The per-epoch metrics ``results.json`` keeps of each trial."""
+
+
+class TunerError(ValueError):
+    """The tuner cannot be built as asked (the message says why and what to do)."""
+
+
+def experiment_location(config: SearchConfig, run_dir: Path) -> str:
+    """Where Ray Tune keeps a search's trials: ``RUN_DIR/trials``, or under ``storage_path``.
+
+    On several nodes, every node must reach it: ``storage_path`` then names
+    shared storage (NFS, EFS, a mounted volume) or a URI (``s3://``, ``gs://``).
+    """
+    return f"{_storage_root(config, run_dir)}/{_experiment_name(config, run_dir)}"
+
+
+def refuse_existing_experiment(location: str) -> None:
+    """Two runs must not share a Ray Tune experiment (under one storage_path, same name)."""
+    if is_uri(location):
+        import pyarrow.fs
+
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(location)
+        exists = filesystem.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+    else:
+        exists = Path(location).exists()
+    if exists:
+        raise TunerError(
+            f"{location} already holds a Ray Tune experiment (storage_path/run name); give "
+            "the run directory another name, or --resume that run"
+        )
+
+
+def _storage_root(config: SearchConfig, run_dir: Path) -> str:
+    storage_path = config.storage.storage_path
+    if not storage_path:
+        return str(run_dir)
+    if is_uri(storage_path):
+        return storage_path.rstrip("/")
+    return str(Path(os.path.expanduser(storage_path)).absolute())
+
+
+def _experiment_name(config: SearchConfig, run_dir: Path) -> str:
+    """``trials`` inside the run directory; the run's own name under a shared storage_path."""
+    return run_dir.name if config.storage.storage_path else TRIALS_DIR
+
+
+def trial_name(trial: Any) -> str:
+    """Short trial names and directories (Ray's default repeats every parameter)."""
+    return f"trial_{trial.trial_id}"
+
+
+def make_trainable(config: SearchConfig, shared_features: Any) -> Any:
+    """The recipe trainable with the search's features and each trial's resources."""
+    from ray import tune
+
+    from cluster import share_with_trials
+    from core.hyperparameters import TrainingSetup
+
+    schedule, features, resources = config.schedule, config.features, config.resources
+    setup = TrainingSetup(
+        backbone=features.backbone,
+        weights=features.weights,
+        image_size=features.image_size,
+        epochs=schedule.max_epochs,
+        head_epochs=schedule.head_epochs,
+        seed=config.seed,
+    )
+    context = TrialContext(
+        setup=setup,
+        cpus_per_trial=resources.cpus_per_trial,
+        gpus_per_trial=resources.gpus_per_trial,
+    )
+    return tune.with_resources(
+        share_with_trials(recipe_trainable, features=shared_features, context=context),
+        {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial},
+    )
+
+
+def new_tuner(
+    trainable: Any,
+    config: SearchConfig,
+    space: SearchSpace,
+    run_dir: Path,
+    *,
+    sampler: Any,
+    progress: bool,
+) -> Any:
+    """A new Tuner: Optuna's sampler (its study in ``RUN_DIR/optuna.journal``) and ASHA."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    searcher = OptunaSearch(
+        space=to_optuna(space),
+        metric=METRIC,
+        mode=MODE,
+        sampler=sampler,
+        storage=journal_storage(run_dir / STUDY_FILE),
+        study_name=STUDY_NAME,
+    )
+    scheduler = ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=config.schedule.max_epochs,
+        grace_period=config.asha.grace_period,
+        reduction_factor=config.asha.reduction_factor,
+    )
+    _quiet_checkpoint_warning()
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode=MODE,
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=config.schedule.num_samples,
+            max_concurrent_trials=config.resources.max_concurrent_trials or None,
+            time_budget_s=config.schedule.time_budget_s or None,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=_experiment_name(config, run_dir),
+            storage_path=_storage_root(config, run_dir),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            failure_config=tune.FailureConfig(max_failures=config.schedule.max_failures),
+            verbose=1 if progress else 0,
+        ),
+    )
+
+
+def restore_tuner(trainable: Any, run_dir: Path, experiment: str) -> Any:
+    """The Tuner of an interrupted search, as Ray Tune saved it.
+
+    Tune restores trial states, checkpoints, the scheduler and the searcher
+    (with the Optuna study) as saved; finished trials stay finished,
+    unfinished and errored ones continue from their last checkpoint. Study
+    trials asked for after that checkpoint are orphans, set apart first (see
+    ``fail_orphaned_study_trials``).
+    """
+    from ray import tune
+
+    saved_trials = trials_in_saved_experiment(experiment)
+    if saved_trials is not None and (run_dir / STUDY_FILE).is_file():
+        fail_orphaned_study_trials(journal_storage(run_dir / STUDY_FILE), STUDY_NAME, saved_trials)
+    _quiet_checkpoint_warning()
+    return tune.Tuner.restore(
+        experiment, trainable=trainable, resume_unfinished=True, resume_errored=True
+    )
+
+
+def _quiet_checkpoint_warning() -> None:
+    # Trials checkpoint every epoch, so Tune snapshots its state often; on
+    # short epochs it warns about that each time. The snapshots are small.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+def fit(tuner: Any) -> tuple[list[Any], float]:
+    """Runs the search; returns Tune's result of every trial and the seconds it took."""
+    started = time.perf_counter()
+    grid = tuner.fit()
+    seconds = time.perf_counter() - started
+    return [grid[i] for i in range(len(grid))], seconds
+
+
+def summarize_trial(result: Any, max_epochs: int) -> TrialSummary:
+    """One trial's summary from its Ray Tune ``Result``.
+
+    A trial retried after its process or node died may report an epoch twice:
+    Tune restores the newest checkpoint it had registered, which can be older
+    than the newest report. Each epoch is kept once in the history, as the
+    retry reported it (its weights are the ones training went on from).
+    """
+    metrics = result.metrics or {}
+    accuracy = metrics.get(METRIC)
+    if accuracy is not None and not math.isfinite(float(accuracy)):
+        accuracy = None
+    epochs = int(metrics.get("training_iteration", 0) or 0)
+    history: list[dict[str, Any]] = []
+    frame = result.metrics_dataframe
+    if frame is not None and not frame.empty:
+        columns = [c for c in HISTORY_COLUMNS if c in frame.columns]
+        history = once_per_epoch(json.loads(frame[columns].to_json(orient="records")))
+    if result.error is not None:
+        status = "error"
+    elif epochs >= max_epochs:
+        status = "completed"
+    else:
+        status = "stopped_early"
+    return TrialSummary(
+        trial_id=metrics.get("trial_id") or Path(result.path).name,
+        status=status,
+        epochs=epochs,
+        val_accuracy=float(accuracy) if accuracy is not None else None,
+        val_loss=metrics.get("val_loss"),
+        hyperparameters=Hyperparameters.from_mapping(result.config),
+        searched={k: v for k, v in result.config.items() if k in Hyperparameters.names()},
+        history=history,
+        path=result.path,
+        error=str(result.error) if result.error is not None else None,
+    )
+
+
+def once_per_epoch(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows by ``training_iteration``, each once: a later row for an epoch replaces an earlier."""
+    by_epoch: dict[Any, dict[str, Any]] = {}
+    for row in rows:
+        by_epoch.pop(row.get("training_iteration"), None)
+        by_epoch[row.get("training_iteration")] = row
+    return sorted(by_epoch.values(), key=lambda row: row.get("training_iteration") or 0)
+
+
+def journal_storage(path: Path) -> Any:
+    """The Optuna storage of a run's study: a journal file that optuna-dashboard opens."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(path)))

@@ -184,7 +184,7 @@ def run_naive(config: Any, data_dir: Path, run_dir: Path, cpus: int) -> dict[str
     from ray.tune.search.optuna import OptunaSearch
 
     from core.data import load_images, scan_dataset
-    from core.hyperparameters import Hyperparameters, TrainingSetup
+    from core.hyperparameters import Hyperparameters
     from search_spaces import load_space, to_optuna
     from tuning.samplers import make_sampler
 
@@ -200,14 +200,7 @@ def run_naive(config: Any, data_dir: Path, run_dir: Path, cpus: int) -> dict[str
         "validation_labels": validation.labels,
         "class_names": index.class_names,
     }
-    setup = TrainingSetup(
-        backbone=features.backbone,
-        weights=features.weights,
-        image_size=features.image_size,
-        epochs=schedule.max_epochs,
-        head_epochs=schedule.head_epochs,
-        seed=config.seed,
-    )
+    setup = config.training_setup()
     info = connect(None, num_cpus=cpus, include_dashboard=False)
     try:
         trainable = tune.with_resources(

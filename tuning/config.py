@@ -20,6 +20,7 @@ import yaml
 
 from core.backbones import BACKBONES, get_backbone
 from core.features import FEATURE_DTYPES, FeatureRequest, is_uri
+from core.hyperparameters import TrainingSetup
 from tuning.samplers import SAMPLER_NAMES
 
 if TYPE_CHECKING:
@@ -400,6 +401,17 @@ class SearchConfig:
             unfreeze_depths=space.unfreeze_block_values(),
             strengths=space.augmentation_levels(),
             extraction_batch_size=self.extraction.extraction_batch_size,
+        )
+
+    def training_setup(self) -> TrainingSetup:
+        """What every trial takes from the search rather than from its hyperparameters."""
+        return TrainingSetup(
+            backbone=self.features.backbone,
+            weights=self.features.weights,
+            image_size=self.features.image_size,
+            epochs=self.schedule.max_epochs,
+            head_epochs=self.schedule.head_epochs,
+            seed=self.seed,
         )
 
     def to_dict(self) -> dict[str, Any]:

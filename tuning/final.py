@@ -9,7 +9,7 @@ from pathlib import Path
 from core.backbones import weights_identity
 from core.data import scan_dataset
 from core.features import FeatureCache
-from core.hyperparameters import Hyperparameters, TrainingSetup
+from core.hyperparameters import Hyperparameters
 from tuning.run_dir import MODEL_FILE, BestConfig, FinalMetrics, ModelInfo, RunDirError
 
 logger = logging.getLogger(__name__)
@@ -73,15 +73,7 @@ def train_final(
     hparams: Hyperparameters = config.hyperparameters
     cache = FeatureCache(str(cache_dir or config.cache_dir))
     bundle = cache.ensure(index, config.feature_request(), progress=progress)
-    setup = TrainingSetup(
-        backbone=config.backbone,
-        weights=config.weights,
-        image_size=config.image_size,
-        epochs=config.epochs,
-        head_epochs=config.head_epochs,
-        seed=config.seed,
-        planned_epochs=config.max_epochs,
-    )
+    setup = config.training_setup()
     trainer = RecipeTrainer(hparams, setup, bundle)
     from core.progress import EpochPrinter
 

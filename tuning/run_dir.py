@@ -32,7 +32,7 @@ import yaml
 from core.backbones import weights_identity
 from core.data import DatasetIndex
 from core.features import DEFAULT_VIEWS, CacheStats, FeatureRequest
-from core.hyperparameters import Hyperparameters
+from core.hyperparameters import Hyperparameters, TrainingSetup
 from core.inference import INFO_FILE, ModelInfo
 from core.records import RecordError, from_dict, to_dict
 from search_spaces import SearchSpace
@@ -357,14 +357,8 @@ class SearchSummary:
     @classmethod
     def read(cls, run_dir: str | os.PathLike[str]) -> SearchSummary:
         path = Path(run_dir) / RESULTS_FILE
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            raise RunDirError(
-                f"{path}: cannot read the search results ({error}); is {run_dir} a "
-                "finished bottletune run directory?"
-            ) from error
-        return cls.from_dict(data, str(path))
+        what = f"the search results of a finished bottletune run directory {run_dir}"
+        return cls.from_dict(_read_json(path, what), str(path))
 
     def write(self, run_dir: Path) -> None:
         _write_json(run_dir / RESULTS_FILE, self.to_dict())
@@ -463,6 +457,18 @@ class BestConfig:
             feature_dtype=self.feature_dtype,
         )
 
+    def training_setup(self) -> TrainingSetup:
+        """The trial's setup: its epochs, switching phase where the trial did."""
+        return TrainingSetup(
+            backbone=self.backbone,
+            weights=self.weights,
+            image_size=self.image_size,
+            epochs=self.epochs,
+            head_epochs=self.head_epochs,
+            seed=self.seed,
+            planned_epochs=self.max_epochs,
+        )
+
     def feature_request(self) -> FeatureRequest:
         """The cache entries this trial's model trains on (its depth and strength only)."""
         return self.features.request(
@@ -490,11 +496,7 @@ class BestConfig:
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> BestConfig:
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            raise RunDirError(f"{path}: not a readable JSON config ({error})") from error
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(_read_json(path, "an exported config"), str(path))
 
     def write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -82,19 +82,10 @@ def make_trainable(config: SearchConfig, shared_features: Any) -> Any:
     from ray import tune
 
     from cluster import share_with_trials
-    from core.hyperparameters import TrainingSetup
 
-    schedule, features, resources = config.schedule, config.features, config.resources
-    setup = TrainingSetup(
-        backbone=features.backbone,
-        weights=features.weights,
-        image_size=features.image_size,
-        epochs=schedule.max_epochs,
-        head_epochs=schedule.head_epochs,
-        seed=config.seed,
-    )
+    resources = config.resources
     context = TrialContext(
-        setup=setup,
+        setup=config.training_setup(),
         cpus_per_trial=resources.cpus_per_trial,
         gpus_per_trial=resources.gpus_per_trial,
     )

@@ -10,6 +10,7 @@ from core.backbones import weights_identity
 from core.data import scan_dataset
 from core.features import FeatureCache
 from core.hyperparameters import Hyperparameters
+from core.progress import EpochPrinter
 from tuning.run_dir import MODEL_FILE, BestConfig, FinalMetrics, ModelInfo, RunDirError
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,8 @@ def train_final(
         cache_dir: The feature cache (default: the search's).
         force: Overwrite an existing model in ``out``.
         threads: TensorFlow threads (default: all cores).
-        progress: Show the feature-extraction progress bar.
+        progress: Show the feature-extraction progress bar, and a batch progress
+            bar on a terminal (epoch lines are printed either way).
 
     Returns:
         The metrics written to ``metrics.json``: validation accuracy during
@@ -75,8 +77,6 @@ def train_final(
     bundle = cache.ensure(index, config.feature_request(), progress=progress)
     setup = config.training_setup()
     trainer = RecipeTrainer(hparams, setup, bundle)
-    from core.progress import EpochPrinter
-
     printer = EpochPrinter(setup.epochs, bar=None if progress else False)
     while not trainer.done:
         on_batch = printer.start_epoch(

@@ -104,12 +104,17 @@ def new_tuner(
     sampler: Any,
     progress: bool,
 ) -> Any:
-    """A new Tuner: Optuna's sampler (its study in ``RUN_DIR/optuna.journal``) and ASHA."""
+    """A new Tuner: Optuna's sampler (its study in ``RUN_DIR/optuna.journal``) and ASHA.
+
+    The searcher is ``ResumableOptunaSearch``, so that a search whose driver
+    died while Tune saved it resumes (see ``tuning.resumable_search``).
+    """
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
-    searcher = OptunaSearch(
+    from tuning.resumable_search import ResumableOptunaSearch
+
+    searcher = ResumableOptunaSearch(
         space=to_optuna(space),
         metric=METRIC,
         mode=MODE,

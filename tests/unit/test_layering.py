@@ -26,6 +26,7 @@ MAY_IMPORT_RAY = (
     "cluster/",
     "tuning/trainable.py",
     "tuning/tuner.py",
+    "tuning/resumable_search.py",  # the tuner's searcher, imported by the tuner alone
     # STYLE: search_spaces holds the one adapter to Ray Tune's sampling functions.
     "search_spaces/adapters.py",
 )

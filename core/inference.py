@@ -36,9 +36,13 @@ class ModelInfo:
         return to_dict(self)
 
     @classmethod
+    def from_dict(cls, data: Any, source: str) -> ModelInfo:
+        return from_dict(cls, data, source)
+
+    @classmethod
     def read(cls, path: Path) -> ModelInfo:
         try:
-            return from_dict(cls, json.loads(path.read_text()), str(path))
+            return cls.from_dict(json.loads(path.read_text()), str(path))
         except (OSError, ValueError) as error:
             raise DataError(
                 f"{path}: not a readable bottletune model info file ({error})"

@@ -127,12 +127,16 @@ class RunManifest:
         return to_dict(self)
 
     @classmethod
-    def read(cls, run_dir: Path) -> RunManifest:
-        path = run_dir / MANIFEST_FILE
+    def from_dict(cls, data: Any, source: str) -> RunManifest:
         try:
-            return from_dict(cls, _read_json(path, "the search manifest"), str(path))
+            return from_dict(cls, data, source)
         except RecordError as error:
             raise RunDirError(f"unreadable ({error})") from error
+
+    @classmethod
+    def read(cls, run_dir: Path) -> RunManifest:
+        path = run_dir / MANIFEST_FILE
+        return cls.from_dict(_read_json(path, "the search manifest"), str(path))
 
     def write(self, run_dir: Path) -> None:
         _write_json(run_dir / MANIFEST_FILE, self.to_dict())
@@ -533,12 +537,16 @@ class FinalMetrics:
         return data
 
     @classmethod
-    def read(cls, model_dir: Path) -> FinalMetrics:
-        path = model_dir / METRICS_FILE
+    def from_dict(cls, data: Any, source: str) -> FinalMetrics:
         try:
-            return from_dict(cls, _read_json(path, "the model's metrics"), str(path))
+            return from_dict(cls, data, source)
         except RecordError as error:
             raise RunDirError(str(error)) from error
+
+    @classmethod
+    def read(cls, model_dir: Path) -> FinalMetrics:
+        path = model_dir / METRICS_FILE
+        return cls.from_dict(_read_json(path, "the model's metrics"), str(path))
 
     def write(self, model_dir: Path) -> None:
         _write_json(model_dir / METRICS_FILE, self.to_dict())

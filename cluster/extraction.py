@@ -79,7 +79,8 @@ def build_features_on_cluster(
     """
     import ray
 
-    if not FeatureCache(cache_location).missing(index, request):
+    missing = FeatureCache(cache_location).missing(index, request)
+    if not missing:
         return None
     gpus = 1 if any(node.gpus >= 1 for node in info.nodes) else 0
     task = ray.remote(num_cpus=1, num_gpus=gpus, max_calls=1)(_extract)
@@ -87,10 +88,8 @@ def build_features_on_cluster(
     outcome: ExtractionOutcome = ray.get(task.remote(*arguments, None))
     if outcome.needs_images:
         logger.info("the data is not on the extraction node; sending the decoded images")
-        plain_missing = any(
-            not key.is_view for key in FeatureCache(cache_location).missing(index, request)
-        )
-        splits = CACHED_SPLITS if plain_missing else ("train",)
+        # Views need only the training images; plain entries need validation too.
+        splits = CACHED_SPLITS if any(not key.is_view for key in missing) else ("train",)
         decoded = {
             split: load_images(index.splits[split], request.image_size, progress=progress)
             for split in splits

@@ -25,7 +25,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -77,6 +77,8 @@ RESULTS_FILE = "results.json"
 MODEL_FILE = "model.keras"
 METRICS_FILE = "metrics.json"
 EXPORT_VERSION = 1
+T = TypeVar("T")
+
 METRIC = "val_accuracy"
 MODE = "max"
 
@@ -90,6 +92,16 @@ def _read_json(path: Path, what: str) -> Any:
         return json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise RunDirError(f"{path}: cannot read {what} ({error})") from error
+
+
+def _record(
+    cls: type[T], data: Any, source: str, *, what: str = "", ignore: frozenset[str] = frozenset()
+) -> T:
+    """``core.records.from_dict`` with its error as a ``RunDirError`` (``what`` before it)."""
+    try:
+        return from_dict(cls, data, source, ignore=ignore)
+    except RecordError as error:
+        raise RunDirError(f"{what}{error}") from error
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -128,10 +140,7 @@ class RunManifest:
 
     @classmethod
     def from_dict(cls, data: Any, source: str) -> RunManifest:
-        try:
-            return from_dict(cls, data, source)
-        except RecordError as error:
-            raise RunDirError(f"unreadable ({error})") from error
+        return _record(cls, data, source, what="unreadable: ")
 
     @classmethod
     def read(cls, run_dir: Path) -> RunManifest:
@@ -353,10 +362,7 @@ class SearchSummary:
 
     @classmethod
     def from_dict(cls, data: Any, source: str) -> SearchSummary:
-        try:
-            return from_dict(cls, data, source)
-        except RecordError as error:
-            raise RunDirError(f"not a bottletune results file: {error}") from error
+        return _record(cls, data, source, what="not a bottletune results file: ")
 
     @classmethod
     def read(cls, run_dir: str | os.PathLike[str]) -> SearchSummary:
@@ -492,10 +498,7 @@ class BestConfig:
                 raise RunDirError(
                     f"{source}: unknown hyperparameter(s) {', '.join(sorted(unknown))}"
                 )
-        try:
-            return from_dict(cls, data, source, ignore=frozenset({"version"}))
-        except RecordError as error:
-            raise RunDirError(str(error)) from error
+        return _record(cls, data, source, ignore=frozenset({"version"}))
 
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> BestConfig:
@@ -538,10 +541,7 @@ class FinalMetrics:
 
     @classmethod
     def from_dict(cls, data: Any, source: str) -> FinalMetrics:
-        try:
-            return from_dict(cls, data, source)
-        except RecordError as error:
-            raise RunDirError(str(error)) from error
+        return _record(cls, data, source)
 
     @classmethod
     def read(cls, model_dir: Path) -> FinalMetrics:

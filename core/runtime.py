@@ -22,6 +22,10 @@ over whole.
 """
 
 
+class TensorFlowSettingsError(ValueError):
+    """TensorFlow already runs with other threads or GPU memory than asked, and cannot change."""
+
+
 @dataclass(frozen=True)
 class GpuMemorySetting:
     """What one visible GPU got in this process.
@@ -139,8 +143,10 @@ def configure_tensorflow(
 ) -> tuple[GpuMemorySetting, ...]:
     """Matches TensorFlow's thread pools and GPU memory to what this process was given.
 
-    Must run before TensorFlow executes its first op in the process; if it is
-    too late, the existing settings are kept and a log line says so.
+    Must run before TensorFlow executes its first op in the process. Later
+    calls with the same values are no-ops (a trial in a process Ray Tune
+    reused); other values then raise ``TensorFlowSettingsError`` rather than
+    leave the process running with settings it was not given.
 
     Args:
         threads: CPUs reserved for this process (None keeps TensorFlow's
@@ -157,12 +163,30 @@ def configure_tensorflow(
     import tensorflow as tf
 
     if threads is not None and threads >= 1:
+        wanted = (int(threads), min(2, int(threads)))
         try:
-            tf.config.threading.set_intra_op_parallelism_threads(int(threads))
-            tf.config.threading.set_inter_op_parallelism_threads(min(2, int(threads)))
+            tf.config.threading.set_intra_op_parallelism_threads(wanted[0])
+            tf.config.threading.set_inter_op_parallelism_threads(wanted[1])
         except RuntimeError as error:
-            logger.debug("TensorFlow threads already fixed: %s", error)
+            # Fixed once TensorFlow ran its first op: the same counts again (a
+            # reused trial process) are fine, other counts would be ignored.
+            if tensorflow_threads() != wanted:
+                raise TensorFlowSettingsError(
+                    f"threads={threads}: TensorFlow in this process already runs "
+                    f"{tensorflow_threads()} (intra-op, inter-op) threads, not {wanted}, and "
+                    "cannot change them; run this in a new process"
+                ) from error
     return configure_gpu_memory(gpu_fraction, memory_mb=gpu_memory_mb)
+
+
+def tensorflow_threads() -> tuple[int, int]:
+    """TensorFlow's (intra-op, inter-op) thread counts in this process (0: its default)."""
+    import tensorflow as tf
+
+    return (
+        tf.config.threading.get_intra_op_parallelism_threads(),
+        tf.config.threading.get_inter_op_parallelism_threads(),
+    )
 
 
 def configure_gpu_memory(
@@ -216,12 +240,26 @@ def configure_gpu_memory(
                     gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=limit)]
                 )
         except (RuntimeError, ValueError) as error:
-            # RuntimeError: TensorFlow already initialized its GPUs in this
-            # process (a reused worker); its earlier settings stand.
-            logger.warning("GPU memory of %s already fixed: %s", gpu.name, error)
-            continue
+            # TensorFlow already initialized its GPUs in this process (a reused
+            # worker): the same setting again is fine, another one is an error.
+            current = current_gpu_memory(tf, gpu)
+            if current != limit:
+                in_effect = "memory growth" if current is None else f"a {current} MiB limit"
+                wanted = "memory growth" if limit is None else f"a {limit} MiB limit"
+                raise TensorFlowSettingsError(
+                    f"gpu_fraction={fraction}: {gpu.name} in this process already has "
+                    f"{in_effect}, not {wanted}, and TensorFlow cannot change it; run this "
+                    "in a new process"
+                ) from error
         settings.append(GpuMemorySetting(device=gpu.name, limit_mb=limit))
     return tuple(settings)
+
+
+def current_gpu_memory(tf: Any, gpu: Any) -> int | None:
+    """The hard memory limit in MiB TensorFlow has for ``gpu``, or None (growth or default)."""
+    configs = tf.config.get_logical_device_configuration(gpu) or []
+    limits = [c.memory_limit for c in configs if getattr(c, "memory_limit", None) is not None]
+    return int(limits[0]) if limits else None
 
 
 def gpu_memory_limit_mb(
@@ -323,3 +361,36 @@ def visible_gpu_memory_mb(gpu_count: int) -> list[int | None]:
         logger.debug("nvidia-smi listed %d GPUs, TensorFlow sees %d", len(totals), gpu_count)
         return unknown
     return list(totals)
+
+
+def json_from_fresh_interpreter(
+    code: str, args: Sequence[str], *, what: str, cpu_only: bool, timeout_s: float = 300
+) -> Any:
+    """Runs ``code`` in a new Python and returns the JSON its last output line holds.
+
+    For work that needs TensorFlow in a process that must not start it (a
+    search's driver: on a GPU node TensorFlow would keep the GPU's memory
+    mapped for the whole search). The interpreter's memory goes when it exits.
+
+    Args:
+        code: Python source; ``sys.argv[1:]`` are ``args``; it prints JSON last.
+        what: What it computes, for the error message.
+        cpu_only: Hide the GPUs from it.
+
+    Raises:
+        RuntimeError: The interpreter failed (its error output is in the message).
+    """
+    import json
+
+    env = {**os.environ, **quiet_environment()}
+    if cpu_only:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True, text=True, timeout=timeout_s, check=False, env=env,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise RuntimeError(f"{what} failed: {result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])

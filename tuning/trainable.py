@@ -1,15 +1,41 @@
-"""The Ray Tune trainable: one trial of the recipe, reporting and checkpointing each epoch."""
+"""The Ray Tune trainable: one trial of the recipe, reporting and checkpointing each epoch.
+
+Each report carries ``cost``, the trial's compute so far in head epochs
+(``core.cost``), which cost-aware ASHA uses as its time. The first report of
+each run of the trial (a retry is a new run) also says what the trial spent
+before its first epoch, step by step (``startup_*_s``), which TensorFlow
+thread counts it runs with and the process's resident memory: with
+``reuse_actors`` a later trial in the same process finds TensorFlow imported
+and configured, and these show it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cluster.object_store import SharedFeatures
+from core.cost import EpochCosts
 from core.hyperparameters import Hyperparameters, TrainingSetup
+
+STARTUP_STEPS = ("process", "imports", "configure", "fetch", "build", "restore")
+"""What a trial spends before its first epoch, in order; each is a ``startup_<step>_s`` metric.
+
+process: from the process's start to the trainable (Ray's worker start-up and
+unpickling the trainable), only in a process's first trial; imports: this
+module's lazy imports (TensorFlow, in a new process); configure: TensorFlow's
+threads and GPU memory; fetch: the trial's features from the object store;
+build: the cost table, the head and its optimizer; restore: the checkpoint.
+"""
+
+_trials_in_process = 0
+"""Trials this process has started: above 1, Ray Tune reused the actor."""
 
 
 @dataclass(frozen=True)
@@ -21,11 +47,35 @@ class TrialContext:
         cpus_per_trial: CPUs Ray reserves per trial; TensorFlow gets as many threads.
         gpus_per_trial: GPUs Ray reserves per trial. Ray's fractions are only
             logical, so a fraction also caps TensorFlow's share of the GPU's memory.
+        epoch_costs: What an epoch costs per depth; None: the trial counts it
+            (``core.cost.epoch_costs``, once per process).
     """
 
     setup: TrainingSetup
     cpus_per_trial: float
     gpus_per_trial: float = 0.0
+    epoch_costs: EpochCosts | None = None
+
+
+@dataclass
+class StartupClock:
+    """Seconds per start-up step of one trial run (see ``STARTUP_STEPS``)."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STARTUP_STEPS, 0.0))
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - started
+
+    def metrics(self) -> dict[str, float]:
+        """``startup_<step>_s`` for every step and ``startup_total_s``, their sum."""
+        metrics = {f"startup_{name}_s": self.seconds[name] for name in STARTUP_STEPS}
+        metrics["startup_total_s"] = sum(self.seconds.values())
+        return metrics
 
 
 def recipe_trainable(
@@ -37,29 +87,74 @@ def recipe_trainable(
     hyperparameters use; nothing here runs the frozen blocks, not even for
     augmented trials (they train on cached views).
     """
-    from ray import tune
+    global _trials_in_process
+    _trials_in_process += 1
+    clock = StartupClock()
+    if _trials_in_process == 1:
+        clock.seconds["process"] = process_age_seconds()
+    with clock.step("imports"):
+        from ray import tune
 
-    from cluster.monitoring import TrialMetrics, for_progress_table
-    from core.runtime import configure_tensorflow
-    from core.training import RecipeTrainer, entries_for
-
-    configure_tensorflow(max(1, int(context.cpus_per_trial)), gpu_fraction=context.gpus_per_trial)
+        from cluster.monitoring import TrialMetrics, for_progress_table
+        from core.cost import epoch_costs
+        from core.runtime import configure_tensorflow, tensorflow_threads
+        from core.training import RecipeTrainer
+    with clock.step("configure"):
+        threads = max(1, int(context.cpus_per_trial))
+        configure_tensorflow(threads, gpu_fraction=context.gpus_per_trial)
     hparams = Hyperparameters.from_mapping(config)
-    bundle = features.fetch(*entries_for(hparams, context.setup.backbone))
-    trainer = RecipeTrainer(hparams, context.setup, bundle)
-    monitor = TrialMetrics(tune.get_context().get_trial_id())
+    with clock.step("fetch"):
+        # Waits only for this trial's entries, should the cache still be building them.
+        bundle = features.fetch_for(hparams)
+    with clock.step("build"):
+        setup = context.setup
+        costs = context.epoch_costs or epoch_costs(setup.backbone, setup.image_size)
+        trainer = RecipeTrainer(hparams, setup, bundle)
+        monitor = TrialMetrics(tune.get_context().get_trial_id())
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
+        with clock.step("restore"), checkpoint.as_directory() as directory:
             trainer.restore(directory)
+    first_report: dict[str, Any] = {
+        **clock.metrics(),
+        "process_trial": _trials_in_process,
+        "rss_mb": resident_memory_mb(),
+    }
+    first_report["intra_op_threads"], first_report["inter_op_threads"] = tensorflow_threads()
     while not trainer.done:
         crash = _crash_hook(trainer.epoch + 1)
+        phase = trainer.phase_of(trainer.epoch)
         metrics = for_progress_table(trainer.train_epoch(on_batch=crash))
+        metrics["epoch_cost"] = costs.epoch_cost(hparams.unfreeze_blocks, phase)
+        metrics["cost"] = costs.cumulative(setup, hparams.unfreeze_blocks, trainer.epoch)
         metrics["resumed"] = checkpoint is not None
+        metrics.update(first_report)
+        first_report = {}
         monitor.record_epoch(metrics)
         with tempfile.TemporaryDirectory(prefix="bottletune-ckpt-") as directory:
             trainer.save(directory)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+def process_age_seconds() -> float:
+    """Seconds since this process started (from /proc; 0.0 where there is none)."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except OSError:
+        return 0.0
+    # Field 22 of stat (the 20th after the command name) is the start time in clock ticks.
+    started = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    return max(0.0, uptime - started)
+
+
+def resident_memory_mb() -> float:
+    """This process's resident memory in MB (10^6 bytes), from /proc/self/statm (0.0 if none)."""
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except OSError:
+        return 0.0
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
 CRASH_MARKER_ENV = "BOTTLETUNE_TEST_CRASH_MARKER"

@@ -22,11 +22,22 @@ from tuning.config import SearchConfig
 from tuning.resume import fail_orphaned_study_trials, trials_in_saved_experiment
 from tuning.run_dir import METRIC, MODE, STUDY_FILE, STUDY_NAME, TRIALS_DIR, TrialSummary
 from tuning.trainable import TrialContext, recipe_trainable
+from tuning.warm_start import WarmStart, seeded_trial_count
 
 logger = logging.getLogger(__name__)
 
-HISTORY_COLUMNS = ("training_iteration", "phase", "val_accuracy", "val_loss", "loss")
-"""The per-epoch metrics ``results.json`` keeps of each trial."""
+HISTORY_COLUMNS = (
+    "training_iteration",
+    "phase",
+    "cost",
+    "val_accuracy",
+    "val_loss",
+    "loss",
+)
+"""The per-epoch metrics ``results.json`` keeps of each trial (``cost``: see ``core.cost``)."""
+
+TIME_ATTRIBUTES = {"epochs": "training_iteration", "cost": "cost"}
+"""``asha_time_attr`` -> the reported metric ASHA counts its time in."""
 
 
 class TunerError(ValueError):
@@ -103,31 +114,34 @@ def new_tuner(
     *,
     sampler: Any,
     progress: bool,
+    warm_start: WarmStart | None = None,
+    reuse_actors: bool = False,
 ) -> Any:
     """A new Tuner: Optuna's sampler (its study in ``RUN_DIR/optuna.journal``) and ASHA.
 
     The searcher is ``ResumableOptunaSearch``, so that a search whose driver
-    died while Tune saved it resumes (see ``tuning.resumable_search``).
+    died while Tune saved it resumes (see ``tuning.resumable_search``). With
+    ``warm_start``, the study holds the earlier trials before the first trial.
     """
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     from tuning.resumable_search import ResumableOptunaSearch
 
+    storage = journal_storage(run_dir / STUDY_FILE)
+    if warm_start is not None:
+        # Not OptunaSearch's points_to_evaluate/evaluated_rewards: with a
+        # define-by-run space its add_evaluated_point raises TypeError. The
+        # study is seeded here instead, and the searcher loads it as it is.
+        warm_start.seed_storage(storage, STUDY_NAME)
     searcher = ResumableOptunaSearch(
         space=to_optuna(space),
         metric=METRIC,
         mode=MODE,
         sampler=sampler,
-        storage=journal_storage(run_dir / STUDY_FILE),
+        storage=storage,
         study_name=STUDY_NAME,
     )
-    scheduler = ASHAScheduler(
-        time_attr="training_iteration",
-        max_t=config.schedule.max_epochs,
-        grace_period=config.asha.grace_period,
-        reduction_factor=config.asha.reduction_factor,
-    )
+    scheduler = make_scheduler(config, space)
     _quiet_checkpoint_warning()
     return tune.Tuner(
         trainable,
@@ -136,6 +150,10 @@ def new_tuner(
             mode=MODE,
             search_alg=searcher,
             scheduler=scheduler,
+            # True starts later trials in a process with TensorFlow loaded, but
+            # each fine-tuning trial then leaks about 65-80 MB of the process's
+            # memory (tests/unit/test_trainable_startup.py): off until fixed.
+            reuse_actors=reuse_actors,
             num_samples=config.schedule.num_samples,
             max_concurrent_trials=config.resources.max_concurrent_trials or None,
             time_budget_s=config.schedule.time_budget_s or None,
@@ -152,6 +170,36 @@ def new_tuner(
     )
 
 
+def make_scheduler(config: SearchConfig, space: SearchSpace, costs: Any = None) -> Any:
+    """ASHA, its time in epochs or in cost (``asha_time_attr``).
+
+    In cost (head epochs, ``core.cost``), ``grace_period`` is still in epochs
+    of a head-only trial, and ``max_t`` is the cost of the dearest trial the
+    space allows run for ``max_epochs``, so that max_t itself never cuts a
+    trial short; a trial ends at ``max_epochs`` either way.
+
+    Args:
+        costs: ``core.cost.EpochCosts`` (default: counted in a CPU-only
+            subprocess, so that the driver does not start TensorFlow).
+    """
+    from ray.tune.schedulers import ASHAScheduler
+
+    asha = config.asha
+    max_t = config.schedule.max_epochs
+    if asha.asha_time_attr == "cost" and max(space.unfreeze_block_values()) > 0:
+        if costs is None:
+            from core.cost import epoch_costs_elsewhere
+
+            costs = epoch_costs_elsewhere(config.features.backbone, config.features.image_size)
+        max_t = math.ceil(costs.max_cost(config.training_setup(), space.unfreeze_block_values()))
+    return ASHAScheduler(
+        time_attr=TIME_ATTRIBUTES[asha.asha_time_attr],
+        max_t=max_t,
+        grace_period=asha.grace_period,
+        reduction_factor=asha.reduction_factor,
+    )
+
+
 def restore_tuner(trainable: Any, run_dir: Path, experiment: str) -> Any:
     """The Tuner of an interrupted search, as Ray Tune saved it.
 
@@ -165,7 +213,10 @@ def restore_tuner(trainable: Any, run_dir: Path, experiment: str) -> Any:
 
     saved_trials = trials_in_saved_experiment(experiment)
     if saved_trials is not None and (run_dir / STUDY_FILE).is_file():
-        fail_orphaned_study_trials(journal_storage(run_dir / STUDY_FILE), STUDY_NAME, saved_trials)
+        storage = journal_storage(run_dir / STUDY_FILE)
+        # A warm start's earlier trials are the study's first, before any of Tune's.
+        saved_trials += seeded_trial_count(storage, STUDY_NAME)
+        fail_orphaned_study_trials(storage, STUDY_NAME, saved_trials)
     _quiet_checkpoint_warning()
     return tune.Tuner.restore(
         experiment, trainable=trainable, resume_unfinished=True, resume_errored=True
@@ -179,11 +230,22 @@ def _quiet_checkpoint_warning() -> None:
 
 
 def fit(tuner: Any) -> tuple[list[Any], float]:
-    """Runs the search; returns Tune's result of every trial and the seconds it took."""
+    """Runs the search; returns Tune's result of every trial that started, and the seconds.
+
+    When ``time_budget_s`` ends a search, Tune may keep a trial it created but
+    never started, with no config and no metrics: it is left out, and counted.
+    """
     started = time.perf_counter()
     grid = tuner.fit()
     seconds = time.perf_counter() - started
-    return [grid[i] for i in range(len(grid))], seconds
+    results = [grid[i] for i in range(len(grid))]
+    started_results = [result for result in results if result.config]
+    if len(started_results) < len(results):
+        logger.info(
+            "%d trial(s) were created but never started before the search ended",
+            len(results) - len(started_results),
+        )
+    return started_results, seconds
 
 
 def summarize_trial(result: Any, max_epochs: int) -> TrialSummary:

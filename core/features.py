@@ -155,6 +155,9 @@ class FeatureRequest:
         cuts: Block-end layer names (or ``INPUT_CUT``) trials start from.
         augmentations: Strengths above 0 that get augmented views at every cut.
         views: Augmented views per strength.
+        view_cuts: The cuts that get augmented views (None: every cut); at the
+            others, augmented trials augment fresh images every epoch (see
+            ``core.plan``).
         dtype: Storage dtype, "float16" (half the memory) or "float32".
         seed: Random-init seed when ``weights`` is "none".
         extraction_batch_size: Images per forward pass while building; not part
@@ -170,9 +173,17 @@ class FeatureRequest:
     dtype: str = "float32"
     seed: int = 0
     extraction_batch_size: int = 32
+    view_cuts: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cuts", tuple(dict.fromkeys(self.cuts)))
+        if self.view_cuts is not None:
+            unknown = [cut for cut in self.view_cuts if cut not in self.cuts]
+            if unknown:
+                raise FeatureCacheError(
+                    f"view_cuts {unknown}: not among the request's cuts {list(self.cuts)}"
+                )
+            object.__setattr__(self, "view_cuts", tuple(dict.fromkeys(self.view_cuts)))
         strengths = tuple(sorted({float(s) for s in self.augmentations if s > 0}))
         object.__setattr__(self, "augmentations", strengths)
         if strengths and self.views < 1:
@@ -198,6 +209,10 @@ class FeatureBundle:
         cuts: Features per cut name, then per split.
         views: Augmented training features per ``view_name(cut, strength)``:
             one array per view, each aligned with ``labels["train"]``.
+        images: Decoded images per split, uint8 of shape (n, size, size, 3)
+            aligned with ``labels``: an augmented trial whose (cut, strength)
+            has no views augments ``images["train"]`` afresh every epoch and
+            runs the frozen layers on them (``core.training``).
     """
 
     backbone: str
@@ -206,6 +221,7 @@ class FeatureBundle:
     labels: dict[str, np.ndarray]
     cuts: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     views: dict[str, tuple[np.ndarray, ...]] = field(default_factory=dict)
+    images: dict[str, np.ndarray] = field(default_factory=dict)
 
     def features(self, cut: str, split: str) -> np.ndarray:
         try:
@@ -232,6 +248,7 @@ class FeatureBundle:
         total = sum(a.nbytes for a in self.labels.values())
         total += sum(a.nbytes for split in self.cuts.values() for a in split.values())
         total += sum(a.nbytes for views in self.views.values() for a in views)
+        total += sum(a.nbytes for a in self.images.values())
         return total
 
 
@@ -381,11 +398,12 @@ class FeatureCache:
             )
 
         keys = [key(cut) for cut in request.cuts]
+        view_cuts = request.cuts if request.view_cuts is None else request.view_cuts
         keys += [
             key(cut, s, v)
             for s in request.augmentations
             for v in range(request.views)
-            for cut in request.cuts
+            for cut in view_cuts
         ]
         return keys
 

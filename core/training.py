@@ -6,6 +6,21 @@ SGD and momentum at a low learning rate, starting from the cached output of the
 block below them. ``RecipeTrainer`` steps one epoch at a time so that a Ray Tune
 trial can report and checkpoint after each epoch, and the final training uses
 the very same code.
+
+Augmented trials (strength s > 0) get their training inputs at a phase's cut
+from one of two sources:
+
+views
+    The bundle holds cached views for (cut, s): each epoch draws one view per
+    image. Nothing frozen runs, but an image only ever shows V transforms.
+fresh
+    No views for (cut, s), but the bundle holds the decoded training images:
+    every batch is augmented with a new random transform (seeded by the epoch,
+    so a resumed trial sees what an uninterrupted one would) and the frozen
+    layers below the cut run on it, in inference mode. Costly for a head on the
+    top cut (the whole backbone runs), cheap below deep fine-tuning.
+
+Validation is never augmented and always reads the cached features.
 """
 
 from __future__ import annotations
@@ -14,22 +29,40 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
-from core.backbones import build_backbone, get_backbone
-from core.features import FeatureBundle, view_name
+from core.backbones import apply_layers, build_backbone, get_backbone, split_layers
+from core.features import FeatureBundle, FeatureCacheError, view_name
 from core.hyperparameters import Hyperparameters, TrainingSetup
+from core.layers import BackbonePreprocess, build_augmentation
 from core.model import build_finetune_model, build_head, build_inference_model, loss_for
 
 logger = logging.getLogger(__name__)
 
 HEAD_EVALUATION_BATCH = 512
 """Validation batch of phase 1 (the head on cached features)."""
+
+AUGMENTATION_SOURCES = ("none", "views", "fresh")
+"""Where a phase's training inputs come from: plain features, cached views, fresh transforms."""
+
+FreshPairs = Collection[tuple[str, float]]
+"""(cut, strength) pairs that trials augment on the fly instead of reading views."""
+
+
+def fresh_augmentation_seed(seed: int, epoch: int) -> int:
+    """Seed of the fresh transforms of one epoch (0-based) of a trial seeded ``seed``.
+
+    ``build_augmentation`` gives its five layers seeds ``s .. s + 4``: a stride
+    of 8 keeps every epoch's layers apart from the next epoch's, and the odd
+    offset keeps them apart from the views' seeds (multiples of 1_000_003) at
+    the epochs trials run.
+    """
+    return (seed * 100_003 + epoch) * 8 + 5
 
 
 def array_batches(
@@ -69,6 +102,48 @@ def view_batches(
         yield x, y[rows]
 
 
+def fresh_batches(
+    images: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    *,
+    seed: int,
+    augment: keras.Layer,
+    frozen: keras.Model,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Shuffled mini-batches of freshly augmented images, run through the frozen layers.
+
+    Same order as ``array_batches`` for the same seed. ``augment`` draws new
+    random numbers at every call (its layers are seeded), so each batch gets its
+    own transforms and the same (seed, batch sizes) give the same transforms.
+
+    Args:
+        images: uint8 images (n, size, size, 3), values 0-255.
+        augment: Keras augmentation layers, applied in training mode.
+        frozen: Images in [0, 255] -> features at the cut (see ``build_frozen_model``).
+    """
+    order = np.random.default_rng(seed).permutation(len(y))
+    for start in range(0, len(y), batch_size):
+        rows = np.sort(order[start : start + batch_size])
+        augmented = augment(np.asarray(images[rows], dtype="float32"), training=True)
+        # A compiled predict step, as FeatureExtractor runs the frozen layers.
+        features = frozen.predict_on_batch(keras.ops.convert_to_numpy(augmented))
+        yield np.asarray(features, dtype="float32"), y[rows]
+
+
+def build_frozen_model(backbone_model: keras.Model, backbone: str, cut: str) -> keras.Model:
+    """Images in [0, 255] -> the backbone's preprocessing -> its layers up to ``cut``.
+
+    The layers are those of ``backbone_model`` (shared, not copied), so the
+    output is the cached features' network; with ``INPUT_CUT`` it is the
+    preprocessing alone. Nothing above the cut is part of it.
+    """
+    prefix, _ = split_layers(backbone_model, cut)
+    image = keras.Input(shape=backbone_model.input_shape[1:], name="image")
+    x = BackbonePreprocess(backbone, name="preprocess")(image)
+    return keras.Model(image, apply_layers(prefix, x), name=f"frozen_to_{cut}")
+
+
 def run_batches(
     model: keras.Model,
     batches: Iterator[tuple[np.ndarray, np.ndarray]],
@@ -106,17 +181,44 @@ def run_batches(
     return {name: total / count for name, total in totals.items()}
 
 
-def entries_for(hparams: Hyperparameters, backbone: str) -> tuple[list[str], list[str]]:
+def entries_for(
+    hparams: Hyperparameters, backbone: str, *, fresh: FreshPairs = ()
+) -> tuple[list[str], list[str]]:
     """The cached entries one trial reads: (cut names, view names of ``FeatureBundle.views``).
 
     The top cut (phase 1) and the cut below the unfrozen blocks (phase 2), plus
     their augmented views when the trial augments.
+
+    Args:
+        fresh: (cut, strength) pairs served by fresh augmentation instead of
+            views: their views are left out (the trial then needs the training
+            images, see ``needs_images``). Their cuts stay: validation reads them.
     """
-    spec = get_backbone(backbone)
-    cuts = list(dict.fromkeys([spec.top_cut, spec.cut_for(hparams.unfreeze_blocks)]))
+    cuts = _trial_cuts(hparams, backbone)
     if hparams.augmentation <= 0:
         return cuts, []
-    return cuts, [view_name(cut, hparams.augmentation) for cut in cuts]
+    served_fresh = _fresh_set(fresh)
+    strength = float(hparams.augmentation)
+    views = [view_name(cut, strength) for cut in cuts if (cut, strength) not in served_fresh]
+    return cuts, views
+
+
+def needs_images(hparams: Hyperparameters, backbone: str, *, fresh: FreshPairs = ()) -> bool:
+    """Whether a trial augments on the fly: it needs ``FeatureBundle.images["train"]``."""
+    if hparams.augmentation <= 0:
+        return False
+    served_fresh = _fresh_set(fresh)
+    strength = float(hparams.augmentation)
+    return any((cut, strength) in served_fresh for cut in _trial_cuts(hparams, backbone))
+
+
+def _trial_cuts(hparams: Hyperparameters, backbone: str) -> list[str]:
+    spec = get_backbone(backbone)
+    return list(dict.fromkeys([spec.top_cut, spec.cut_for(hparams.unfreeze_blocks)]))
+
+
+def _fresh_set(fresh: FreshPairs) -> set[tuple[str, float]]:
+    return {(cut, float(strength)) for cut, strength in fresh}
 
 
 class RecipeTrainer:
@@ -125,7 +227,13 @@ class RecipeTrainer:
     Args:
         hparams: The trial's hyperparameters.
         setup: Backbone, weights, size, epochs and seed.
-        bundle: Cached features (and augmented views, if augmenting) for this dataset.
+        bundle: Cached features for this dataset and, if augmenting, the views
+            of the trial's strength at each of its cuts or the decoded training
+            images (used where views are missing).
+
+    Raises:
+        FeatureCacheError: an augmented trial has neither views nor training
+            images for one of its cuts.
     """
 
     def __init__(
@@ -157,11 +265,87 @@ class RecipeTrainer:
         )
         self.backbone_model: keras.Model | None = None
         self.finetune_model: keras.Model | None = None
+        self.frozen_models: dict[str, keras.Model] = {}
+        """The frozen layers up to each cut that fresh augmentation runs, once built."""
+        self.epoch_costs: list[dict[str, Any]] = []
+        """Per epoch trained by this instance: epoch, phase, source, epoch_seconds and
+        fresh_seconds (time spent augmenting and running the frozen layers)."""
+        self._sources = {
+            cut: self._source_for(cut) for cut in dict.fromkeys([self.top_cut, self.cut])
+        }
 
     def _target(self, labels: np.ndarray) -> np.ndarray:
         if self.num_classes == 2:
             return labels.astype("float32").reshape(-1, 1)
         return labels.astype("int32")
+
+    def _source_for(self, cut: str) -> str:
+        strength = self.hparams.augmentation
+        if strength <= 0:
+            return "none"
+        if view_name(cut, strength) in self.bundle.views:
+            return "views"
+        images = self.bundle.images.get("train")
+        if images is None:
+            raise FeatureCacheError(
+                f"augmentation={strength:g} at cut {cut!r}: the bundle has no views for it "
+                f"(it holds {sorted(self.bundle.views) or 'no views'}) and no training images "
+                "to augment on the fly (FeatureBundle.images['train'])"
+            )
+        expected = (len(self._labels["train"]), self.setup.image_size, self.setup.image_size, 3)
+        if images.shape != expected or images.dtype != np.uint8:
+            raise FeatureCacheError(
+                f"bundle images['train'] are {images.dtype} {images.shape}: fresh augmentation "
+                f"at cut {cut!r} needs uint8 {expected}, aligned with labels['train']"
+            )
+        return "fresh"
+
+    def augmentation_source(self, phase: int) -> str:
+        """Where one phase's training inputs come from: "none", "views" or "fresh".
+
+        Raises:
+            ValueError: phase 2 of a trial that does not fine-tune, or a phase not 1 or 2.
+        """
+        if phase == 1:
+            return self._sources[self.top_cut]
+        if phase == 2 and self.fine_tunes:
+            return self._sources[self.cut]
+        raise ValueError(
+            f"phase={phase!r}: this trial has phase 1" + (" and 2" if self.fine_tunes else " only")
+        )
+
+    def frozen_model(self, cut: str) -> keras.Model:
+        """The frozen layers (preprocessing included) up to ``cut``, built once."""
+        if cut not in self.frozen_models:
+            self.frozen_models[cut] = build_frozen_model(
+                self._ensure_backbone(), self.setup.backbone, cut
+            )
+        return self.frozen_models[cut]
+
+    def _training_batches(
+        self, cut: str, seed: int, fresh_seconds: list[float]
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        train_y, batch = self._labels["train"], self.hparams.batch_size
+        source = self._sources[cut]
+        if source == "none":
+            train_x = self.bundle.features(cut, "train")
+            return array_batches(train_x, train_y, batch, shuffle=True, seed=seed)
+        if source == "views":
+            views = self.bundle.views_of(cut, self.hparams.augmentation)
+            return view_batches(views, train_y, batch, seed=seed)
+        augment = build_augmentation(
+            self.hparams.augmentation, seed=fresh_augmentation_seed(self.setup.seed, self.epoch)
+        )
+        assert augment is not None  # strength > 0
+        batches = fresh_batches(
+            self.bundle.images["train"],
+            train_y,
+            batch,
+            seed=seed,
+            augment=augment,
+            frozen=self.frozen_model(cut),
+        )
+        return _timed(batches, fresh_seconds)
 
     @property
     def fine_tunes(self) -> bool:
@@ -237,13 +421,8 @@ class RecipeTrainer:
             model, cut = self.head, self.top_cut
         else:
             model, cut = self._ensure_finetune(), self.cut
-        train_y = self._labels["train"]
-        if self.hparams.augmentation > 0:
-            views = self.bundle.views_of(cut, self.hparams.augmentation)
-            batches = view_batches(views, train_y, batch, seed=seed)
-        else:
-            train_x = self.bundle.features(cut, "train")
-            batches = array_batches(train_x, train_y, batch, shuffle=True, seed=seed)
+        fresh_seconds = [0.0]
+        batches = self._training_batches(cut, seed, fresh_seconds)
         fit = run_batches(model, batches, train=True, on_batch=on_batch)
         val_x = self.bundle.features(cut, "validation")
         # The head's evaluation is all per-call overhead at small batches; its
@@ -267,6 +446,15 @@ class RecipeTrainer:
             "epoch_seconds": time.perf_counter() - started,
         }
         self.history.append(metrics)
+        self.epoch_costs.append(
+            {
+                "epoch": self.epoch,
+                "phase": phase,
+                "source": self._sources[cut],
+                "epoch_seconds": metrics["epoch_seconds"],
+                "fresh_seconds": fresh_seconds[0],
+            }
+        )
         return metrics
 
     def save(self, directory: str | Path) -> None:
@@ -305,3 +493,18 @@ class RecipeTrainer:
     def inference_model(self) -> keras.Model:
         """The full model (preprocessing, backbone, head) on RGB images in [0, 255]."""
         return build_inference_model(self._ensure_backbone(), self.setup.backbone, self.head)
+
+
+def _timed(
+    batches: Iterator[tuple[np.ndarray, np.ndarray]], seconds: list[float]
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Passes ``batches`` on, adding the time spent producing them to ``seconds[0]``."""
+    while True:
+        started = time.perf_counter()
+        try:
+            batch = next(batches)
+        except StopIteration:
+            seconds[0] += time.perf_counter() - started
+            return
+        seconds[0] += time.perf_counter() - started
+        yield batch

@@ -1,0 +1,315 @@
+"""What cached augmented views cost in accuracy against fresh transforms every epoch.
+
+An augmented trial either draws one of V cached views per image each epoch
+(``views``: the frozen layers never run) or augments the decoded images afresh
+every epoch and runs the frozen layers below its cut on them (``fresh``). This
+benchmark trains the same fixed configurations both ways, at equal epochs and
+with the same seeds, and reports the validation accuracy (mean over seeds) and
+the seconds per epoch of each source:
+
+- ``s=0``: no augmentation, the baseline that says whether augmentation helps
+  on this data at all (if fresh does not beat it, the comparison means nothing);
+- ``V=1, 2, 4, ...``: the first V cached views of strength s;
+- ``fresh``: a new random transform of strength s every epoch.
+
+The data is made to need augmentation: few training images per class and a
+large validation split drawn separately, with the shapes' own variation in
+position, rotation and size, which the recipe's transforms cover. Each class
+keeps its hue (``--random-colours`` turns that off): measured here, a
+random-init VGG16 at 32 px and 64 px and a random-init MobileNet at 32 px gave
+chance-level heads on shapes in random colours (MobileNet's top features were
+~1e-21), so without ImageNet weights only colour plus layout is learnable.
+
+Each seed is a backbone of its own (weights "none" is random init seeded by
+it, and the cache is computed with that seed), so seeds average over
+backbones as well as over training. ImageNet weights cannot be downloaded on
+the machines this was written on; pass ``--weights PATH`` where a file exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import shlex
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import (
+    SEED,
+    add_output_flags,
+    load_average,
+    machine_info,
+    machine_line,
+    markdown_table,
+    positive_int,
+    setup_logging,
+    text_table,
+    update_doc_section,
+    write_results,
+)
+
+logger = logging.getLogger(__name__)
+
+CONFIGURATIONS: dict[str, dict[str, Any]] = {
+    "head": {"unfreeze_blocks": 0},
+    "unfreeze1": {"unfreeze_blocks": 1},
+    "unfreeze2": {"unfreeze_blocks": 2},
+}
+"""The fixed configurations compared (the other hyperparameters come from the flags)."""
+
+LAST_EPOCHS = 3
+"""Validation accuracy is the mean of the last epochs of a run (one epoch is noisy)."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.augmentation",
+        description="Validation accuracy and cost of cached augmented views vs fresh transforms.",
+    )
+    parser.add_argument("--backbone", default="vgg16", help="registered backbone")
+    parser.add_argument("--weights", default="none", help='"none" (random init) or a file')
+    parser.add_argument("--size", type=positive_int, default=64, help="image side in px")
+    parser.add_argument("--classes", type=positive_int, default=4)
+    parser.add_argument("--train-per-class", type=positive_int, default=8)
+    parser.add_argument("--validation-per-class", type=positive_int, default=30)
+    parser.add_argument(
+        "--random-colours", action="store_true", help="no class hue: only the shape tells"
+    )
+    parser.add_argument("--strength", type=float, default=1.0, help="augmentation strength s")
+    parser.add_argument("--views", type=positive_int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--seeds", type=positive_int, default=2, help="seeds 0 .. N-1")
+    parser.add_argument("--epochs", type=positive_int, default=12, help="epochs per run")
+    parser.add_argument(
+        "--head-epochs", type=positive_int, default=6, help="phase-1 epochs of fine-tuning runs"
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--head-learning-rate", type=float, default=3e-3)
+    parser.add_argument("--finetune-learning-rate", type=float, default=3e-3)
+    parser.add_argument("--dropout", type=float, default=0.2)
+    parser.add_argument(
+        "--configurations", nargs="+", choices=sorted(CONFIGURATIONS), default=list(CONFIGURATIONS)
+    )
+    parser.add_argument("--threads", type=positive_int, default=None, help="TensorFlow threads")
+    add_output_flags(parser, "augmentation")
+    args = parser.parse_args(argv)
+    if not 0.0 < args.strength <= 1.0:
+        parser.error(f"--strength {args.strength}: must be in (0, 1]")
+    return args
+
+
+def make_data(root: Path, args: argparse.Namespace) -> Path:
+    """Few training images and a large, separately drawn validation split."""
+    from core.demo_data import make_demo_data
+
+    common = {"classes": args.classes, "size": args.size, "class_hues": not args.random_colours}
+    make_demo_data(root / "small", per_class=args.train_per_class, seed=SEED, **common)
+    make_demo_data(root / "large", per_class=args.validation_per_class, seed=SEED + 1, **common)
+    data = root / "data"
+    data.mkdir()
+    shutil.move(root / "small" / "train", data / "train")
+    shutil.move(root / "large" / "train", data / "validation")
+    return data
+
+
+def sources(strength: float, views: list[int]) -> list[tuple[str, float, int | None]]:
+    """(label, strength, views kept; None = fresh) of each compared source."""
+    rows: list[tuple[str, float, int | None]] = [("s=0", 0.0, 0)]
+    rows += [(f"V={v}", strength, v) for v in views]
+    return [*rows, ("fresh", strength, None)]
+
+
+def bundle_for(bundle: Any, cuts: list[str], strength: float, views: int | None) -> Any:
+    """The bundle a source's trials get: the first ``views`` views, or images and no views."""
+    from core.features import view_name
+
+    if views is None:
+        return dataclasses.replace(bundle, views={})
+    if views == 0:
+        return dataclasses.replace(bundle, views={}, images={})
+    kept = {name: bundle.views[name][:views] for name in (view_name(c, strength) for c in cuts)}
+    return dataclasses.replace(bundle, views=kept, images={})
+
+
+def run_one(bundle: Any, hparams: Any, setup: Any) -> dict[str, Any]:
+    """Trains one run to the end; its accuracy and its per-phase seconds per epoch."""
+    from core.training import RecipeTrainer
+
+    trainer = RecipeTrainer(hparams, setup, bundle)
+    reports = [trainer.train_epoch() for _ in range(setup.epochs)]
+    phase_seconds: dict[str, float] = {}
+    fresh_seconds: dict[str, float] = {}
+    for phase in sorted({cost["phase"] for cost in trainer.epoch_costs}):
+        costs = [cost for cost in trainer.epoch_costs if cost["phase"] == phase]
+        # The first epoch of a phase traces its step functions: not what later epochs cost.
+        timed = costs[1:] or costs
+        phase_seconds[str(phase)] = statistics.median(c["epoch_seconds"] for c in timed)
+        fresh_seconds[str(phase)] = statistics.median(c["fresh_seconds"] for c in timed)
+    return {
+        "val_accuracy": float(np.mean([r["val_accuracy"] for r in reports[-LAST_EPOCHS:]])),
+        "final_val_accuracy": reports[-1]["val_accuracy"],
+        "val_accuracy_by_epoch": [r["val_accuracy"] for r in reports],
+        "seconds_per_epoch_by_phase": phase_seconds,
+        "fresh_seconds_per_epoch_by_phase": fresh_seconds,
+        "sources": {
+            str(p): trainer.augmentation_source(p) for p in ((1, 2) if trainer.fine_tunes else (1,))
+        },
+    }
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean over seeds of one (configuration, source)."""
+    accuracies = [run["val_accuracy"] for run in runs]
+    phases = sorted({p for run in runs for p in run["seconds_per_epoch_by_phase"]})
+    return {
+        "val_accuracy_mean": float(np.mean(accuracies)),
+        "val_accuracy_std": float(np.std(accuracies)),
+        "seconds_per_epoch_by_phase": {
+            p: float(np.mean([run["seconds_per_epoch_by_phase"][p] for run in runs]))
+            for p in phases
+        },
+        "fresh_seconds_per_epoch_by_phase": {
+            p: float(np.mean([run["fresh_seconds_per_epoch_by_phase"][p] for run in runs]))
+            for p in phases
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    from core.backbones import get_backbone
+    from core.data import load_images, scan_dataset
+    from core.features import FeatureCache, FeatureRequest
+    from core.hyperparameters import Hyperparameters, TrainingSetup
+    from core.runtime import configure_tensorflow
+
+    configure_tensorflow(args.threads)
+    command = shlex.join(
+        ["python", "-m", "bench.augmentation", *(sys.argv[1:] if argv is None else argv)]
+    )
+    started = time.perf_counter()
+    info = machine_info()
+    spec = get_backbone(args.backbone)
+    depths = sorted({CONFIGURATIONS[name]["unfreeze_blocks"] for name in args.configurations})
+    cuts = spec.cuts_for(depths)
+    compared = sources(args.strength, sorted(set(args.views)))
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    extraction_seconds: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bench-augmentation-") as temp:
+        index = scan_dataset(make_data(Path(temp), args))
+        counts = {split: len(records) for split, records in index.splits.items()}
+        train_images = load_images(index.splits["train"], args.size).images
+        for seed in range(args.seeds):
+            extraction_started = time.perf_counter()
+            request = FeatureRequest(
+                backbone=args.backbone, weights=args.weights, image_size=args.size,
+                cuts=tuple(cuts), augmentations=(args.strength,), views=max(args.views),
+                seed=seed,
+            )  # fmt: skip
+            bundle = FeatureCache(Path(temp) / f"cache-{seed}").ensure(
+                index, request, progress=False
+            )
+            bundle.images = {"train": train_images}
+            extraction_seconds.append(time.perf_counter() - extraction_started)
+            setup = TrainingSetup(
+                args.backbone, args.weights, args.size, epochs=args.epochs,
+                head_epochs=args.head_epochs, seed=seed,
+            )  # fmt: skip
+            for name in args.configurations:
+                for label, strength, views in compared:
+                    hparams = Hyperparameters(
+                        augmentation=strength, batch_size=args.batch_size, dropout=args.dropout,
+                        head_learning_rate=args.head_learning_rate,
+                        finetune_learning_rate=args.finetune_learning_rate,
+                        **CONFIGURATIONS[name],
+                    )  # fmt: skip
+                    run = run_one(bundle_for(bundle, cuts, strength, views), hparams, setup)
+                    logger.info(
+                        "seed %d, %s, %s: val_accuracy %.3f, %s s/epoch",
+                        seed, name, label, run["val_accuracy"],
+                        run["seconds_per_epoch_by_phase"],
+                    )  # fmt: skip
+                    runs.setdefault((name, label), []).append(run)
+
+    rows = []
+    for name in args.configurations:
+        for label, strength, views in compared:
+            rows.append(
+                {
+                    "configuration": name,
+                    **CONFIGURATIONS[name],
+                    "source": label,
+                    "augmentation": strength,
+                    "views": views,
+                    **summarize(runs[(name, label)]),
+                    "runs": runs[(name, label)],
+                }
+            )
+    header = (
+        "configuration", "source", "val acc (mean)", "± std", "vs fresh",
+        "s/epoch phase 1", "s/epoch phase 2", "of which fresh (1 / 2)",
+    )  # fmt: skip
+    fresh_accuracy = {
+        row["configuration"]: row["val_accuracy_mean"] for row in rows if row["source"] == "fresh"
+    }
+
+    def seconds(row: dict[str, Any], phase: str, key: str = "seconds_per_epoch_by_phase") -> str:
+        value = row[key].get(phase)
+        return "-" if value is None else f"{value:.3f}"
+
+    cells = [
+        (
+            row["configuration"],
+            row["source"],
+            f"{row['val_accuracy_mean']:.3f}",
+            f"{row['val_accuracy_std']:.3f}",
+            f"{row['val_accuracy_mean'] - fresh_accuracy[row['configuration']]:+.3f}",
+            seconds(row, "1"),
+            seconds(row, "2"),
+            f"{seconds(row, '1', 'fresh_seconds_per_epoch_by_phase')} / "
+            f"{seconds(row, '2', 'fresh_seconds_per_epoch_by_phase')}",
+        )
+        for row in rows
+    ]
+    colours = "random colours" if args.random_colours else "one hue per class"
+    settings_line = (
+        f"{args.backbone} (weights {args.weights}) at {args.size} px, {args.classes} shapes "
+        f"({colours}), {counts['train']} train / {counts['validation']} validation images, "
+        f"strength {args.strength:g}, {args.epochs} epochs ({args.head_epochs} head epochs before "
+        f"fine-tuning), batch {args.batch_size}, {args.seeds} seeds; val acc = mean of the last "
+        f"{LAST_EPOCHS} epochs, s/epoch = median after each phase's first epoch"
+    )
+    print()
+    print(settings_line)
+    print(text_table(header, cells))
+    print(f"extraction per seed (plain cuts + {max(args.views)} views): "
+          f"{statistics.mean(extraction_seconds):.1f} s")  # fmt: skip
+    print(f"reproduce: {command}")
+    print()
+    results = {
+        "benchmark": "augmentation",
+        "command": command,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "wall_seconds": time.perf_counter() - started,
+        "settings": {**vars(args), "out": str(args.out), "cuts": cuts, "counts": counts},
+        "machine": {**info, "load_average_after": load_average()},
+        "extraction_seconds_per_seed": extraction_seconds,
+        "results": rows,
+    }
+    write_results(args.out, results)
+    if not args.no_doc:
+        body = f"{settings_line}; {machine_line(info)}.\n\n" + markdown_table(header, cells)
+        update_doc_section("augmentation", body + f"\n\nReproduce: `{command}`")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,7 +1,8 @@
-"""``bottletune cache``: list, remove and pre-build feature-cache entries.
+"""``bottletune cache``: list, remove, plan and pre-build feature-cache entries.
 
 ``ls`` and ``rm`` read only ``meta.json`` files, so they never import
-TensorFlow or Ray; ``warm`` runs the same feature preparation as a search.
+TensorFlow or Ray; ``plan`` and ``warm`` plan the cache as a search does, and
+``warm`` builds what the plan stores.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ COLUMNS = ("key", "backbone", "cut", "view", "shape", "dtype", "size", "created"
 
 
 def add_cache_parser(commands: Any) -> None:
-    """Adds ``cache ls|rm|warm`` to the subparsers of ``cli.main.build_parser``."""
+    """Adds ``cache ls|rm|plan|warm`` to the subparsers of ``cli.main.build_parser``."""
     cache = commands.add_parser("cache", help="list, remove or pre-build cached features")
     actions = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
 
@@ -31,6 +32,17 @@ def add_cache_parser(commands: Any) -> None:
         "--all", action="store_true", help="remove every entry (the build log is kept)"
     )
     _add_location_options(remove)
+
+    plan = actions.add_parser(
+        "plan",
+        help="show what a search would cache, its bytes and extraction time, before any work",
+    )
+    plan.add_argument("--data", required=True, help="dataset directory")
+    _add_location_options(plan)
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument(
+        "--no-probe", action="store_true", help="skip the timed probe (no time estimates)"
+    )
 
     warm = actions.add_parser("warm", help="build every entry a search would need")
     warm.add_argument("--data", required=True, help="dataset directory")
@@ -56,6 +68,8 @@ def run_cache_command(args: argparse.Namespace) -> int:
     """
     if args.cache_command == "warm":
         return warm(args)
+    if args.cache_command == "plan":
+        return show_plan(args)
     store = open_store(args)
     if args.cache_command == "ls":
         return list_entries(store, as_json=args.json)
@@ -120,10 +134,10 @@ def remove_entries(store: EntryStore, keys: Sequence[str], *, remove_all: bool) 
     return 0
 
 
-def warm(args: argparse.Namespace) -> int:
-    """Builds every entry a search with this config would need; returns 0."""
+def _planned(args: argparse.Namespace, *, probe: bool) -> tuple[Any, Any, Any]:
+    """The config, the scanned data and the cache plan a local search would start with."""
     from core.data import scan_dataset
-    from core.features import FeatureCache
+    from core.plan import default_object_store_bytes, plan_for
     from search_spaces import load_space
     from tuning.config import load_config, parse_overrides
 
@@ -131,9 +145,40 @@ def warm(args: argparse.Namespace) -> int:
     if args.cache_dir is not None:
         config = config.replace(cache_dir=args.cache_dir)
     index = scan_dataset(args.data, config.features.validation_fraction, config.seed)
+    plan = plan_for(
+        config.feature_request(load_space(config.searcher.space)),
+        index,
+        budget=config.features.cache_memory_budget,
+        cache_location=config.cache_location,
+        object_store_bytes=default_object_store_bytes(config.local_ray.object_store_memory),
+        probe=probe,
+        mirror_dir=args.mirror_dir,
+    )
+    return config, index, plan
+
+
+def show_plan(args: argparse.Namespace) -> int:
+    """Prints the cache plan of a local search with this config (as text or JSON); returns 0.
+
+    The object store is the one a local search would start: the config's
+    ``object_store_memory``, else Ray's default share of this machine's memory.
+    """
+    _, _, plan = _planned(args, probe=not args.no_probe)
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else "\n".join(plan.lines()))
+    return 0
+
+
+def warm(args: argparse.Namespace) -> int:
+    """Builds every entry the cache plan of a search with this config stores; returns 0."""
+    from core.features import FeatureCache
+    from search_spaces import load_space
+
+    config, index, plan = _planned(args, probe=False)
     cache = FeatureCache(config.cache_location, mirror_dir=args.mirror_dir)
     cache.ensure(
-        index, config.feature_request(load_space(config.searcher.space)), progress=not args.quiet
+        index,
+        plan.request(config.feature_request(load_space(config.searcher.space))),
+        progress=not args.quiet,
     )
     for name in cache.stats.misses:
         print(f"built   {name}")

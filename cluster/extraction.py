@@ -17,6 +17,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cluster.runtime import ClusterInfo
 from core.data import DatasetIndex, LoadedImages, load_images, scan_dataset
@@ -142,3 +143,122 @@ def _same_data_here(index: DatasetIndex, validation_fraction: float, seed: int) 
     except ValueError:
         return False
     return here.fingerprint == index.fingerprint
+
+
+@dataclass
+class ViewBuild:
+    """Augmented views being built while trials run.
+
+    Attributes:
+        refs: Object reference per ``view_name(cut, strength)``: a trial that
+            reads one waits for that strength's views alone.
+        stats: The view entries found cached and those being built.
+        order: The strengths in the order they are built.
+    """
+
+    refs: dict[str, Any] = field(default_factory=dict)
+    stats: CacheStats = field(default_factory=CacheStats)
+    order: tuple[float, ...] = ()
+
+
+def build_views_while_trials_run(
+    cache_location: str,
+    index: DatasetIndex,
+    request: FeatureRequest,
+    info: ClusterInfo,
+    *,
+    validation_fraction: float,
+    seed: int,
+    gpus_per_trial: float,
+) -> ViewBuild:
+    """Starts building the missing views of ``request`` in an actor; returns at once.
+
+    The actor holds one CPU (and a trial's share of a GPU when any node has
+    one) from before the first trial starts until its last view is built, so
+    Tune can never fill the cluster with trials that wait for views nobody
+    builds. It builds one strength per call, in order; each call's results
+    are the object-store entries trials read (one per cut), so a trial that
+    needs a strength waits for that strength alone. The actor exits after its
+    last call; the entries stay in the object store (the driver owns them).
+
+    Strengths already cached are not sent to the actor (the caller reads them).
+    """
+    import ray
+
+    from core.features import view_name
+
+    cache = FeatureCache(cache_location)
+    view_keys = [key for key in cache.keys_for(index, request) if key.is_view]
+    missing = {key for key in view_keys if not cache.has(key)}
+    build = ViewBuild()
+    for key in view_keys:
+        (build.stats.misses if key in missing else build.stats.hits).append(key.name)
+    # Under a sampler's random start every strength is equally likely; the
+    # weakest first, as the recipe's advice ranks them.
+    strengths = tuple(sorted({key.augmentation for key in missing}))
+    if not strengths:
+        return build
+    cuts = tuple(dict.fromkeys(key.cut for key in view_keys))
+    gpus = 0.0
+    if any(node.gpus >= 1 for node in info.nodes):
+        gpus = gpus_per_trial if 0 < gpus_per_trial < 1 else 1.0
+    builder: Any = (
+        ray.remote(num_cpus=1, num_gpus=gpus)(_ViewBuilder)
+        .options(name=None, max_restarts=0)
+        .remote(cache_location, index, request, cuts, gpus)
+    )
+    images = None
+    if not ray.get(builder.sees_data.remote(validation_fraction, seed)):
+        logger.info("the data is not on the view-building node; sending the training images")
+        images = ray.put(
+            {"train": load_images(index.splits["train"], request.image_size, progress=False)}
+        )
+    for strength in strengths:
+        refs = builder.build.options(num_returns=len(cuts)).remote(strength, images)
+        refs = [refs] if len(cuts) == 1 else refs
+        for cut, ref in zip(cuts, refs, strict=True):
+            build.refs[view_name(cut, strength)] = ref
+    builder.__ray_terminate__.remote()  # queued after the builds: exits once they are done
+    build.order = strengths
+    logger.info(
+        "building %d view entries (strengths %s) while trials start",
+        len(missing),
+        ", ".join(f"{s:g}" for s in strengths),
+    )
+    return build
+
+
+class _ViewBuilder:
+    """Builds one strength's views per call (see ``build_views_while_trials_run``)."""
+
+    def __init__(
+        self,
+        cache_location: str,
+        index: DatasetIndex,
+        request: FeatureRequest,
+        cuts: tuple[str, ...],
+        gpu_share: float,
+    ) -> None:
+        from core.runtime import configure_tensorflow
+
+        # One thread: trials run beside it. On a GPU, the share Ray gave it.
+        configure_tensorflow(1, gpu_fraction=gpu_share if gpu_share < 1 else 0.0)
+        self.cache_location = cache_location
+        self.index = index
+        self.request = request
+        self.cuts = cuts
+
+    def sees_data(self, validation_fraction: float, seed: int) -> bool:
+        return _same_data_here(self.index, validation_fraction, seed)
+
+    def build(self, strength: float, images: Mapping[str, LoadedImages] | None) -> Any:
+        """This strength's views at every cut, built into the cache and returned."""
+        from dataclasses import replace
+
+        from core.features import view_name
+
+        cache = FeatureCache(self.cache_location)
+        request = replace(self.request, augmentations=(strength,))
+        bundle = cache.ensure(self.index, request, progress=False, images=images)
+        views = tuple(bundle.views[view_name(cut, strength)] for cut in self.cuts)
+        return views[0] if len(views) == 1 else views

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from core.features import FeatureBundle
+from core.hyperparameters import Hyperparameters
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,11 @@ class SharedFeatures:
             (labels are small and travel with the references).
         cuts: Object reference per cut, each to ``{split: features}``.
         views: Object reference per ``view_name(cut, strength)``, each to the
-            tuple of that strength's views.
+            tuple of that strength's views. A reference may be to views still
+            being built: a trial that reads it waits for it alone.
+        fresh: (cut, strength) pairs that augment afresh every epoch instead
+            (the cache plan's choice; such trials read ``images``).
+        images: Object reference to the decoded training images, or None.
         nbytes: Size of everything referenced.
     """
 
@@ -40,9 +45,21 @@ class SharedFeatures:
     labels: dict[str, np.ndarray]
     cuts: dict[str, Any] = field(default_factory=dict)
     views: dict[str, Any] = field(default_factory=dict)
+    fresh: tuple[tuple[str, float], ...] = ()
+    images: Any = None
     nbytes: int = 0
 
-    def fetch(self, cuts: Iterable[str], views: Iterable[str] = ()) -> FeatureBundle:
+    def fetch_for(self, hparams: Hyperparameters) -> FeatureBundle:
+        """What one trial reads: its cuts, its views, and the images if it augments afresh."""
+        from core.training import entries_for, needs_images
+
+        cuts, views = entries_for(hparams, self.backbone, fresh=self.fresh)
+        fresh = needs_images(hparams, self.backbone, fresh=self.fresh)
+        return self.fetch(cuts, views, images=fresh)
+
+    def fetch(
+        self, cuts: Iterable[str], views: Iterable[str] = (), *, images: bool = False
+    ) -> FeatureBundle:
         """A bundle of just these entries, read from this node's object store zero-copy.
 
         Raises:
@@ -57,6 +74,8 @@ class SharedFeatures:
         for name in wanted_views:
             if name not in self.views:
                 raise KeyError(f"views {name!r} were not shared; shared: {sorted(self.views)}")
+        if images and self.images is None:
+            raise KeyError("the decoded images were not shared (no fresh augmentation planned)")
         fetched = ray.get(
             [self.cuts[n] for n in wanted_cuts] + [self.views[n] for n in wanted_views]
         )
@@ -67,6 +86,7 @@ class SharedFeatures:
             labels=self.labels,
             cuts=dict(zip(wanted_cuts, fetched[: len(wanted_cuts)], strict=True)),
             views=dict(zip(wanted_views, fetched[len(wanted_cuts) :], strict=True)),
+            images={"train": ray.get(self.images)} if images else {},
         )
 
 
@@ -81,8 +101,21 @@ def local_object_store_bytes() -> int:
     return 0
 
 
-def share_features(bundle: FeatureBundle) -> SharedFeatures:
+def share_features(
+    bundle: FeatureBundle,
+    *,
+    pending_views: dict[str, Any] | None = None,
+    fresh: Iterable[tuple[str, float]] = (),
+    images: np.ndarray | None = None,
+) -> SharedFeatures:
     """Puts every entry of ``bundle`` in the object store once, as its own object.
+
+    Args:
+        bundle: The entries read from the cache.
+        pending_views: References to views still being built
+            (``cluster.extraction.build_views_while_trials_run``).
+        fresh: (cut, strength) pairs that augment afresh (the cache plan's).
+        images: The decoded training images, for those trials.
 
     Features larger than this node's object store still work (Ray spills
     objects to disk and restores them when read), but trials then read them
@@ -105,8 +138,17 @@ def share_features(bundle: FeatureBundle) -> SharedFeatures:
         image_size=bundle.image_size,
         class_names=bundle.class_names,
         labels=bundle.labels,
-        nbytes=bundle.nbytes,
+        fresh=tuple((cut, float(strength)) for cut, strength in fresh),
+        nbytes=bundle.nbytes + (images.nbytes if images is not None else 0),
     )
+    if images is not None:
+        if len(images) != len(bundle.labels["train"]):
+            raise ValueError(
+                f"{len(images)} decoded training images for {len(bundle.labels['train'])} "
+                "cached labels: the data changed since the features were cached"
+            )
+        shared.images = ray.put(np.asarray(images))
+    shared.views.update(pending_views or {})
     for cut, splits in bundle.cuts.items():
         shared.cuts[cut] = ray.put({split: np.asarray(array) for split, array in splits.items()})
     for name, arrays in bundle.views.items():

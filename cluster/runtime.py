@@ -45,6 +45,7 @@ class NodeResources:
     address: str
     cpus: float
     gpus: float
+    object_store_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,16 @@ class ClusterInfo:
     resources: dict[str, float]
     nodes: tuple[NodeResources, ...]
     connected_here: bool = True
+
+    @property
+    def trial_object_store_bytes(self) -> int:
+        """The smallest object store of a node that can run trials (0: unknown).
+
+        Every entry a search shares may be read on every node, so each trial
+        node's store must hold the whole cache plan.
+        """
+        stores = [node.object_store_bytes for node in self.nodes if node.cpus > 0]
+        return min(stores) if stores and all(stores) else 0
 
 
 def connect(
@@ -171,6 +182,7 @@ def _describe(ray: Any, context: Any = None, *, connected_here: bool = True) -> 
             address=str(node.get("NodeManagerAddress", "")),
             cpus=float(node.get("Resources", {}).get("CPU", 0.0)),
             gpus=float(node.get("Resources", {}).get("GPU", 0.0)),
+            object_store_bytes=int(node.get("Resources", {}).get("object_store_memory", 0)),
         )
         for node in ray.nodes()
         if node.get("Alive")

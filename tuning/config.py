@@ -77,6 +77,9 @@ class FeatureSettings(_Group):
             augmentation strength; each epoch an augmented trial draws one.
         feature_dtype: How cached features are stored and shared: "float16"
             (half the disk and memory) or "float32".
+        cache_memory_budget: Bytes the cache plan may put in each trial node's
+            object store ("12GB", "500MiB", "1.2e10"), or "auto": 70% of the
+            smallest trial node's object store (see ``core.plan``).
     """
 
     backbone: str = "vgg16"
@@ -85,8 +88,17 @@ class FeatureSettings(_Group):
     validation_fraction: float = 0.2
     augmentation_views: int = 8
     feature_dtype: str = "float16"
+    cache_memory_budget: str = "auto"
 
     def validate(self) -> None:
+        from core.plan import AUTO, PlanError, parse_bytes
+
+        if self.cache_memory_budget.strip().lower() != AUTO:
+            try:
+                budget = parse_bytes(self.cache_memory_budget)
+            except PlanError as error:
+                raise ConfigError(str(error), "cache_memory_budget") from None
+            _require(budget > 0, "cache_memory_budget", self.cache_memory_budget, "> 0")
         if self.backbone not in BACKBONES:
             raise ConfigError(
                 f"backbone={self.backbone!r}: choose one of {', '.join(sorted(BACKBONES))}",
@@ -202,16 +214,32 @@ class AshaSettings(_Group):
     """ASHA's early stopping.
 
     Attributes:
-        grace_period: Epochs before ASHA may stop a trial.
+        grace_period: Epochs before ASHA may stop a trial (with cost: epochs of
+            a head-only trial, which cost 1 each).
         reduction_factor: ASHA's reduction factor.
+        asha_time_attr: What ASHA counts a trial's time in: "epochs", or
+            "cost" (compute in head epochs, ``core.cost``: a fine-tuning epoch
+            counts as the hundreds of head epochs its blocks' arithmetic is
+            worth, so rungs sit at equal compute rather than equal epochs).
     """
 
     grace_period: int = 4
     reduction_factor: int = 2
+    asha_time_attr: str = "epochs"
 
     # grace_period's bounds depend on max_epochs: SearchConfig checks them.
     def validate(self) -> None:
         _require(self.reduction_factor >= 2, "reduction_factor", self.reduction_factor, ">= 2")
+        _require(
+            self.asha_time_attr in ASHA_TIME_ATTRIBUTES,
+            "asha_time_attr",
+            self.asha_time_attr,
+            f"one of {', '.join(ASHA_TIME_ATTRIBUTES)}",
+        )
+
+
+ASHA_TIME_ATTRIBUTES = ("epochs", "cost")
+"""Values of ``asha_time_attr``."""
 
 
 @dataclass(frozen=True)
@@ -312,6 +340,34 @@ class StorageSettings(_Group):
         _refuse_credentials("storage_path", self.storage_path)
 
 
+ENGINES = ("ray", "keras-tuner")
+KERAS_TUNER_ORACLES = ("hyperband", "bayesian", "random")
+
+
+@dataclass(frozen=True)
+class EngineSettings(_Group):
+    """Which engine runs the search: Ray Tune, or KerasTuner on this machine alone.
+
+    Attributes:
+        engine: "ray" (Ray Tune, Optuna and ASHA; clusters, resume) or
+            "keras-tuner" (KerasTuner's own oracle, one trial at a time in
+            this process; see ``tuning.kt_engine``).
+        kt_oracle: KerasTuner's oracle: hyperband, bayesian or random.
+    """
+
+    engine: str = "ray"
+    kt_oracle: str = "bayesian"
+
+    def validate(self) -> None:
+        _require(self.engine in ENGINES, "engine", self.engine, f"one of {', '.join(ENGINES)}")
+        _require(
+            self.kt_oracle in KERAS_TUNER_ORACLES,
+            "kt_oracle",
+            self.kt_oracle,
+            f"one of {', '.join(KERAS_TUNER_ORACLES)}",
+        )
+
+
 GROUPS: dict[str, Any] = {
     "features": FeatureSettings,
     "extraction": ExtractionSettings,
@@ -321,6 +377,7 @@ GROUPS: dict[str, Any] = {
     "resources": ResourceSettings,
     "local_ray": LocalRaySettings,
     "storage": StorageSettings,
+    "engine": EngineSettings,
 }
 """Attribute of ``SearchConfig`` -> its group; a user's YAML stays one flat mapping."""
 
@@ -354,12 +411,14 @@ class SearchConfig:
     resources: ResourceSettings = field(default_factory=ResourceSettings)
     local_ray: LocalRaySettings = field(default_factory=LocalRaySettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
+    engine: EngineSettings = field(default_factory=EngineSettings)
 
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"seed={self.seed!r}: expected int", "seed")
+        # Only ASHA reads grace_period; the keras-tuner engine refuses it set at all.
         _require(
-            1 <= self.asha.grace_period <= self.schedule.max_epochs,
+            self.engine.engine != "ray" or 1 <= self.asha.grace_period <= self.schedule.max_epochs,
             "grace_period",
             self.asha.grace_period,
             f"between 1 and max_epochs ({self.schedule.max_epochs})",

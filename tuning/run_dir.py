@@ -70,6 +70,7 @@ __all__ = [
 CONFIG_FILE = "config.yaml"
 SPACE_FILE = "space.yaml"
 MANIFEST_FILE = "search.json"
+PLAN_FILE = "cache_plan.json"
 STUDY_FILE = "optuna.journal"
 STUDY_NAME = "bottletune"
 TRIALS_DIR = "trials"

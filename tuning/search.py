@@ -8,19 +8,22 @@ tuner (``tuning.tuner``) and the features (``core.features``).
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from core.backbones import get_backbone
-from core.data import DatasetIndex, scan_dataset
-from core.features import CacheStats, FeatureBundle, FeatureCache, FeatureRequest
+from core.data import DatasetIndex, load_images, scan_dataset
+from core.features import CacheStats, FeatureCache, FeatureRequest
+from core.plan import CachePlan, plan_for
 from search_spaces import SearchSpace, SpaceError, load_space
 from tuning.config import SearchConfig
 from tuning.resume import SavedRun, check_resume, load_run
 from tuning.run_dir import (
     CONFIG_FILE,
+    PLAN_FILE,
     BuildSite,
     ClusterSummary,
     SearchSummary,
@@ -38,6 +41,7 @@ from tuning.tuner import (
     restore_tuner,
     summarize_trial,
 )
+from tuning.warm_start import plan_warm_start
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +82,7 @@ def run_search(
     num_gpus: int | None = None,
     progress: bool = True,
     resume: SavedRun | None = None,
+    warm_start: str | Path | None = None,
 ) -> SearchResult:
     """Runs a whole search and writes its results to ``run_dir``.
 
@@ -93,18 +98,39 @@ def run_search(
         progress: Show the extraction progress bar and Tune's progress table.
         resume: Continue the search saved in ``run_dir`` (see ``resume_search``)
             instead of starting one.
+        warm_start: An earlier run directory or ``best.json`` to seed the
+            searcher with (see ``tuning.warm_start``); not with ``resume``.
 
     Returns:
         The run directory, its summary (every trial, the best one, the cache's
         hits and misses) and the dashboard's address.
     """
-    from cluster import check_trial_fits, connect, prefer_loopback, share_features, shutdown
+    if config.engine.engine == "keras-tuner":
+        # KerasTuner's engine: this machine, one trial at a time, no Ray (tuning.kt_engine).
+        from tuning.kt_engine import refuse_ray_engine_options, run_keras_tuner_search
+
+        refuse_ray_engine_options(
+            address=address,
+            ray_temp_dir=ray_temp_dir,
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            resumed=resume is not None,
+            warm_start=warm_start,
+        )
+        summary = run_keras_tuner_search(config, data_dir, run_dir, progress=progress)
+        return SearchResult(run_dir=Path(run_dir).absolute(), summary=summary)
+    from cluster import check_trial_fits, connect, prefer_loopback, shutdown
     from cluster.monitoring import export_search_metrics, install_grafana_dashboard
 
     if address is None:
         prefer_loopback()  # before ray is imported
     run_dir = Path(run_dir).absolute()
+    if warm_start is not None and resume is not None:
+        raise SearchError("--warm-start: a resumed search keeps the trials it was seeded with")
     space, index = validate_search(config, data_dir, run_dir, resume)
+    seeds = None
+    if warm_start is not None:
+        seeds = plan_warm_start(warm_start, config, space, index.fingerprint)
     sampler = make_sampler(config.searcher.sampler, config.seed) if resume is None else None
     request = config.feature_request(space)
     experiment = experiment_location(config, run_dir)
@@ -113,16 +139,26 @@ def run_search(
         logger.info("Ray dashboard: %s", info.dashboard_url)
     try:
         check_trial_fits(info, config.resources.cpus_per_trial, config.resources.gpus_per_trial)
+        plan = plan_features(config, index, request, info, run_dir, resume, progress)
+        request = plan.request(request)
         if resume is None:
             # Only once the search can run: a refused one leaves RUN_DIR as it was.
             start_run_dir(run_dir, config, space, data_dir, index.fingerprint, experiment)
-        bundle, stats, built_by = prepare_features(config, index, request, info, progress)
+            (run_dir / PLAN_FILE).write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
+        shared, stats, built_by = prepare_features(config, index, request, plan, info, progress)
         export_search_metrics(stats)
         install_grafana_dashboard()
-        trainable = make_trainable(config, share_features(bundle))
-        del bundle  # the object store holds it now; the driver needs no copy
+        trainable = make_trainable(config, shared)
         if resume is None:
-            tuner = new_tuner(trainable, config, space, run_dir, sampler=sampler, progress=progress)
+            tuner = new_tuner(
+                trainable,
+                config,
+                space,
+                run_dir,
+                sampler=sampler,
+                progress=progress,
+                warm_start=seeds,
+            )
         else:
             tuner = restore_tuner(trainable, run_dir, resume.experiment)
         results, seconds = fit(tuner)
@@ -186,32 +222,88 @@ def local_ray_options(
     }
 
 
-def prepare_features(
+def plan_features(
     config: SearchConfig,
     index: DatasetIndex,
     request: FeatureRequest,
     info: Any,
+    run_dir: Path,
+    resume: SavedRun | None,
     progress: bool,
-) -> tuple[FeatureBundle, CacheStats, BuildSite | None]:
-    """Builds missing entries on the cluster, then reads every entry on the driver.
+) -> CachePlan:
+    """The cache plan, shown before any work: a resumed search keeps the plan it started with.
+
+    Raises:
+        PlanError: the budget cannot hold the plain features, or the disk
+            cannot hold what must be built (nothing is written then).
+    """
+    saved = run_dir / PLAN_FILE
+    if resume is not None and saved.is_file():
+        plan = CachePlan.from_dict(json.loads(saved.read_text()), str(saved))
+    else:
+        plan = plan_for(
+            request,
+            index,
+            budget=config.features.cache_memory_budget,
+            cache_location=config.cache_location,
+            object_store_bytes=info.trial_object_store_bytes,
+        )
+    for line in plan.lines():
+        if progress:
+            print(line, flush=True)
+        else:
+            logger.info("%s", line)
+    return plan
+
+
+def prepare_features(
+    config: SearchConfig,
+    index: DatasetIndex,
+    request: FeatureRequest,
+    plan: CachePlan,
+    info: Any,
+    progress: bool,
+) -> tuple[Any, CacheStats, BuildSite | None]:
+    """Builds the plain entries, shares them, and starts the views; returns before the views.
+
+    The plain features (every cut in one pass, the cost of the top cut alone)
+    are built on the cluster first and read on the driver; trials can start as
+    soon as they are shared. Missing views are built by an actor while trials
+    run (``cluster.extraction.build_views_while_trials_run``); views already
+    cached are read here.
 
     Returns:
-        The features, the cache's hits and misses (the cluster task's, when it
-        built), and where the task ran (None when nothing was missing).
+        The shared features, the cache's hits and misses (the cluster task's
+        and the view builder's), and where the plain entries were built (None
+        when none were missing).
     """
-    from cluster.extraction import build_features_on_cluster
+    from cluster import share_features
+    from cluster.extraction import build_features_on_cluster, build_views_while_trials_run
 
+    plain = replace(request, augmentations=())
     built = build_features_on_cluster(
+        config.cache_location,
+        index,
+        plain,
+        info,
+        validation_fraction=config.features.validation_fraction,
+        seed=config.seed,
+        progress=progress,
+    )
+    views = build_views_while_trials_run(
         config.cache_location,
         index,
         request,
         info,
         validation_fraction=config.features.validation_fraction,
         seed=config.seed,
-        progress=progress,
+        gpus_per_trial=config.resources.gpus_per_trial,
     )
     cache = FeatureCache(config.cache_location)
-    bundle = cache.ensure(index, request, progress=progress)
+    cached_strengths = tuple(s for s in request.augmentations if s not in views.order)
+    cached_request = replace(request, augmentations=cached_strengths)
+    bundle = cache.ensure(index, cached_request, progress=progress)
+    plain_names = {key.name for key in cache.keys_for(index, plain)}
     if built is not None and cache.stats.misses:
         logger.warning(
             "the driver had to build %d cache entries the cluster task had built: the "
@@ -220,9 +312,17 @@ def prepare_features(
             len(cache.stats.misses),
             config.cache_location,
         )
-    if built is None:
-        return bundle, cache.stats, None
-    return bundle, built.stats, BuildSite(built.pid, built.node, list(built.gpu_ids))
+    base = built.stats if built is not None else cache.stats
+    stats = CacheStats(
+        hits=[name for name in base.hits if name in plain_names] + views.stats.hits,
+        misses=[name for name in base.misses if name in plain_names] + views.stats.misses,
+    )
+    images = None
+    if plan.fresh:
+        images = load_images(index.splits["train"], request.image_size, progress=False).images
+    shared = share_features(bundle, pending_views=views.refs, fresh=plan.fresh, images=images)
+    site = BuildSite(built.pid, built.node, list(built.gpu_ids)) if built is not None else None
+    return shared, stats, site
 
 
 def resume_search(

@@ -93,10 +93,17 @@ def test_search_computes_features_once_and_a_second_search_reuses_them(
     views = [(cut, 0.5, view) for cut in CUTS for view in range(VIEWS)]
     assert built == sorted(plain + views, key=str), "each entry is extracted exactly once"
     assert len(first.cache.misses) == len(built) and not first.cache.hits
-    # A Ray task holding a (fake) GPU built them, not the driver.
+    # A Ray task holding a (fake) GPU built the plain entries, not the driver;
+    # the views came from the view-building actor, while trials ran.
     built_by = json.loads((tmp_path / "run1" / "results.json").read_text())["cache"]["built_by"]
     assert built_by["pid"] != os.getpid() and built_by["gpu_ids"]
-    assert {build["pid"] for build in cache.builds()} == {built_by["pid"]}
+    plain_pids = {b["pid"] for b in cache.builds() if b["view"] is None}
+    view_pids = {b["pid"] for b in cache.builds() if b["view"] is not None}
+    assert plain_pids == {built_by["pid"]}
+    assert len(view_pids) == 1 and os.getpid() not in view_pids | plain_pids
+    # The plan was printed and kept, and it is what was built.
+    plan = json.loads((tmp_path / "run1" / "cache_plan.json").read_text())
+    assert plan["totals"]["bytes_to_build"] > 0 and plan["views_per_strength"] == VIEWS
 
     # Every trial reported, and every trial (including those ASHA stopped) was
     # told to the Optuna study with its value, so the sampler learns from it.
@@ -275,3 +282,48 @@ def test_a_node_without_the_data_builds_from_images_the_driver_sends(
                 sent.views_of(cut, 0.5)[view], read.views_of(cut, 0.5)[view]
             )
     assert build(index) is None
+
+
+def test_views_are_built_while_trials_run_and_each_is_waited_for_alone(
+    local_ray: None, shapes_data: Path, tmp_path: Path
+) -> None:
+    """The view builder returns at once; a strength's reference resolves to its cached views."""
+    import dataclasses
+
+    import numpy as np
+    import ray
+
+    from cluster import connect, share_features
+    from cluster.extraction import build_views_while_trials_run
+    from core.data import scan_dataset
+    from core.hyperparameters import Hyperparameters
+
+    config = small_config(tmp_path)
+    request = FeatureRequest(
+        backbone="vgg16", weights="none", image_size=32, cuts=("block5_pool", "block4_pool"),
+        augmentations=(0.25, 0.5), views=VIEWS,
+    )  # fmt: skip
+    scanned = scan_dataset(shapes_data, config.features.validation_fraction, config.seed)
+    plain = FeatureCache(config.cache_location).ensure(
+        scanned, dataclasses.replace(request, augmentations=()), progress=False
+    )
+    # The builder's node does not see the data: the driver sends the training images.
+    index = dataclasses.replace(scanned, root=tmp_path / "not-on-this-node")
+    build = build_views_while_trials_run(
+        config.cache_location, index, request, connect(None),
+        validation_fraction=config.features.validation_fraction, seed=config.seed,
+        gpus_per_trial=0.5,
+    )  # fmt: skip
+    assert build.order == (0.25, 0.5) and len(build.stats.misses) == 2 * 2 * VIEWS
+    assert set(build.refs) == {f"{c}@{s}" for c in request.cuts for s in (0.25, 0.5)}
+    # Returned before the actor (a new process importing TensorFlow) built anything.
+    ready, _ = ray.wait(list(build.refs.values()), num_returns=len(build.refs), timeout=0)
+    assert not ready
+    shared = share_features(plain, pending_views=build.refs)
+    fetched = shared.fetch_for(Hyperparameters(unfreeze_blocks=1, augmentation=0.5))
+    cached = FeatureCache(config.cache_location).ensure(scanned, request, progress=False)
+    assert set(fetched.views) == {"block5_pool@0.5", "block4_pool@0.5"}
+    for name, views in fetched.views.items():
+        assert len(views) == VIEWS
+        for got, expected in zip(views, cached.views[name], strict=True):
+            np.testing.assert_array_equal(got, expected)

@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --resume: go on even if the data, space or config differ from the run's",
     )
+    tune.add_argument(
+        "--warm-start",
+        metavar="PATH",
+        help="seed the searcher with an earlier search: its run directory or a best.json; "
+        "the first trial evaluates its best configuration",
+    )
     tune.add_argument("--config", help="YAML config file or preset name from configs/")
     tune.add_argument(
         "--set",
@@ -48,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="override a config key (repeatable)",
+    )
+    tune.add_argument(
+        "--engine",
+        metavar="ENGINE",
+        help="shortcut for --set engine=ENGINE: ray (default; clusters, ASHA, resume) or "
+        "keras-tuner (KerasTuner's oracles, --set kt_oracle=hyperband|bayesian|random, "
+        "on this machine, one trial at a time)",
     )
     tune.add_argument(
         "--address",
@@ -98,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace train/validation/test folders already in OUT",
     )
+
+    report = commands.add_parser(
+        "report", help="plots and report.md of a search, finished or still running"
+    )
+    report.add_argument("run_dir", help="run directory of a search")
+    report.add_argument(
+        "--out", help="folder for report.md and the plots (default: RUN_DIR/report)"
+    )
     add_cache_parser(commands)
     return parser
 
@@ -106,9 +127,14 @@ def _tune(args: argparse.Namespace) -> int:
     from tuning.config import load_config, parse_overrides
     from tuning.search import resume_search, run_search
 
+    if args.engine:
+        # --engine is --set engine=ENGINE, read first: a --set engine=... as well wins.
+        args.overrides.insert(0, f"engine={args.engine}")
     if args.resume:
         if args.out:
             raise ValueError("--out: a resumed search writes to its own run directory")
+        if args.warm_start:
+            raise ValueError("--warm-start: a resumed search keeps the trials it was seeded with")
         from pathlib import Path
 
         from tuning.run_dir import CONFIG_FILE
@@ -140,6 +166,7 @@ def _tune(args: argparse.Namespace) -> int:
             num_cpus=args.num_cpus,
             num_gpus=args.num_gpus,
             progress=not args.quiet,
+            warm_start=args.warm_start,
         )
     best = result.best
     print(
@@ -226,6 +253,13 @@ def _make_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from tuning.report import format_summary, write_report
+
+    print(format_summary(write_report(args.run_dir, args.out)))
+    return 0
+
+
 COMMANDS = {
     "tune": _tune,
     "check-config": _check_config,
@@ -234,6 +268,7 @@ COMMANDS = {
     "evaluate": _evaluate,
     "predict": _predict,
     "make-demo-data": _make_demo_data,
+    "report": _report,
     "cache": run_cache_command,
 }
 

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_RUN := demo/runs/$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install test test-unit test-integration lint demo bench clean-demo
+.PHONY: install test test-unit test-integration lint demo bench bench-peers clean-demo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,3 +49,10 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	$(BIN)/python -m bench.run_all
+
+# bottletune against KerasTuner Hyperband and a plain Ray Tune search (same data,
+# space, budget, seed): about 25 minutes on 2 cores; `make bench-peers SCALE=small`
+# is a smoke run of about 5 minutes.
+bench-peers: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]" tensorboard  # keras_tuner.Tuner needs it
+	$(BIN)/python -m bench.peers $(if $(SCALE),--scale $(SCALE))

@@ -35,6 +35,8 @@ naming the key and the bytes needed.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 import re
@@ -49,6 +51,8 @@ from core.backbones import INPUT_CUT, get_backbone
 from core.data import DatasetIndex
 from core.features import FeatureRequest
 from core.records import from_dict, to_dict
+
+logger = logging.getLogger(__name__)
 
 AUTO = "auto"
 BUDGET_KEY = "cache_memory_budget"
@@ -359,6 +363,21 @@ class CachePlan:
             )
         rows += [f"  - {choice}" for choice in self.choices]
         return rows
+
+    def show(self, progress: bool) -> None:
+        """Prints the plan (with ``progress``), else logs it at INFO."""
+        for line in self.lines():
+            if progress:
+                print(line, flush=True)
+            else:
+                logger.info("%s", line)
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, path: Path) -> CachePlan:
+        return cls.from_dict(json.loads(path.read_text()), str(path))
 
     def to_dict(self) -> dict[str, Any]:
         """The plan's fields, and its totals for a reader of the JSON."""

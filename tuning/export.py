@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from core.plan import CachePlan
 from tuning.run_dir import EXPORT_VERSION as EXPORT_VERSION
-from tuning.run_dir import RESULTS_FILE, BestConfig, RunDirError, SearchSummary
+from tuning.run_dir import PLAN_FILE, RESULTS_FILE, BestConfig, RunDirError, SearchSummary
 
 __all__ = ["EXPORT_VERSION", "BestConfig", "ExportError", "best_config", "export_best"]
 
@@ -15,9 +16,11 @@ ExportError = RunDirError
 
 
 def best_config(run_dir: str | os.PathLike[str]) -> BestConfig:
-    """The best trial of a finished search, from ``run_dir/results.json``."""
+    """The best trial of a finished search, from ``run_dir/results.json`` and its cache plan."""
     summary = SearchSummary.read(run_dir)
-    return BestConfig.from_summary(summary, str(Path(run_dir) / RESULTS_FILE))
+    plan_file = Path(run_dir) / PLAN_FILE
+    plan = CachePlan.read(plan_file) if plan_file.is_file() else None  # older runs have none
+    return BestConfig.from_summary(summary, str(Path(run_dir) / RESULTS_FILE), plan)
 
 
 def export_best(

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from core.backbones import weights_identity
-from core.data import scan_dataset
+from core.data import load_images, scan_dataset
 from core.features import FeatureCache
 from core.hyperparameters import Hyperparameters
 from core.progress import EpochPrinter
@@ -75,6 +75,11 @@ def train_final(
     hparams: Hyperparameters = config.hyperparameters
     cache = FeatureCache(str(cache_dir or config.cache_dir))
     bundle = cache.ensure(index, config.feature_request(), progress=progress)
+    if config.augments_fresh:
+        # As the trial did: fresh transforms every epoch where its search had no views.
+        bundle.images["train"] = load_images(
+            index.splits["train"], config.image_size, progress=False
+        ).images
     setup = config.training_setup()
     trainer = RecipeTrainer(hparams, setup, bundle)
     printer = EpochPrinter(setup.epochs, bar=None if progress else False)

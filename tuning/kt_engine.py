@@ -37,14 +37,16 @@ from pathlib import Path
 from typing import Any
 
 from core.backbones import get_backbone
-from core.data import scan_dataset
+from core.data import load_images, scan_dataset
 from core.features import FeatureBundle, FeatureCache
 from core.hyperparameters import Hyperparameters, TrainingSetup
+from core.plan import default_object_store_bytes, plan_for
 from search_spaces import SearchSpace, load_space, to_keras_tuner
 from tuning.config import AshaSettings, ConfigError, SearchConfig, SearcherSettings
 from tuning.run_dir import (
     METRIC,
     MODE,
+    PLAN_FILE,
     SearchSummary,
     TrialSummary,
     check_new_run_dir,
@@ -218,9 +220,25 @@ def run_keras_tuner_search(
     hyperparameters = declare_space(space)
     _configure_devices(config)
     project = run_dir / KERAS_TUNER_DIR
+    # The same plan as the Ray engine's on this machine (a local Ray's object
+    # store bounds it), so that both engines train on the same entries.
+    request = config.feature_request(space)
+    plan = plan_for(
+        request,
+        index,
+        budget=config.features.cache_memory_budget,
+        cache_location=config.cache_location,
+        object_store_bytes=default_object_store_bytes(config.local_ray.object_store_memory),
+    )
+    plan.show(progress)
     start_run_dir(run_dir, config, space, data_dir, index.fingerprint, str(project))
+    plan.write(run_dir / PLAN_FILE)
     cache = FeatureCache(config.cache_location)
-    bundle = cache.ensure(index, config.feature_request(space), progress=progress)
+    bundle = cache.ensure(index, plan.request(request), progress=progress)
+    if plan.fresh:
+        bundle.images["train"] = load_images(
+            index.splits["train"], request.image_size, progress=False
+        ).images
     tuner = _recipe_tuner_class()(
         make_oracle(config, hyperparameters),
         bundle=bundle,

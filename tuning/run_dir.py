@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,6 +34,7 @@ from core.data import DatasetIndex
 from core.features import DEFAULT_VIEWS, CacheStats, FeatureRequest
 from core.hyperparameters import Hyperparameters, TrainingSetup
 from core.inference import INFO_FILE, ModelInfo
+from core.plan import CachePlan
 from core.records import RecordError, from_dict, to_dict
 from search_spaces import SearchSpace
 from tuning.config import FeatureSettings, SearchConfig, write_config
@@ -402,8 +403,12 @@ class BestConfig:
         weights_identity: What the weights were (a file's content hash), so
             final training can refuse different weights.
         cache_dir: The search's feature cache.
-        augmentation_views: Augmented views per image the search cached.
+        augmentation_views: Augmented views per image the search cached (its
+            cache plan's, when the plan cached fewer than the config asked).
         feature_dtype: Storage dtype of the search's cached features.
+        fresh_cuts: The cuts where the search's plan had this trial's strength
+            augmented afresh every epoch instead of read from views; final
+            training does the same.
     """
 
     hyperparameters: Hyperparameters
@@ -424,10 +429,18 @@ class BestConfig:
     cache_dir: str
     augmentation_views: int = DEFAULT_VIEWS
     feature_dtype: str = "float32"
+    fresh_cuts: tuple[str, ...] = ()
 
     @classmethod
-    def from_summary(cls, summary: SearchSummary, source: str) -> BestConfig:
-        """The best trial of a finished search (``source``: where it was read, for errors)."""
+    def from_summary(
+        cls, summary: SearchSummary, source: str, plan: CachePlan | None = None
+    ) -> BestConfig:
+        """The best trial of a finished search (``source``: where it was read, for errors).
+
+        Args:
+            plan: The search's cache plan (``cache_plan.json``), so that final
+                training reads the views, or augments afresh, as the trial did.
+        """
         try:
             best = summary.best
         except RunDirError as error:
@@ -452,8 +465,15 @@ class BestConfig:
             trial_id=best.trial_id,
             weights_identity=search.weights_identity,
             cache_dir=summary.cache.dir,
-            augmentation_views=search.augmentation_views,
+            augmentation_views=(plan.views_per_strength or search.augmentation_views)
+            if plan is not None
+            else search.augmentation_views,
             feature_dtype=search.feature_dtype,
+            fresh_cuts=tuple(
+                cut
+                for cut, strength in (plan.fresh if plan is not None else ())
+                if strength == best.hyperparameters.augmentation
+            ),
         )
 
     @property
@@ -482,11 +502,21 @@ class BestConfig:
 
     def feature_request(self) -> FeatureRequest:
         """The cache entries this trial's model trains on (its depth and strength only)."""
-        return self.features.request(
+        request = self.features.request(
             seed=self.seed,
             unfreeze_depths=[self.hyperparameters.unfreeze_blocks],
             strengths=[self.hyperparameters.augmentation],
         )
+        if not self.fresh_cuts:
+            return request
+        return replace(
+            request, view_cuts=tuple(cut for cut in request.cuts if cut not in self.fresh_cuts)
+        )
+
+    @property
+    def augments_fresh(self) -> bool:
+        """Whether final training needs the decoded training images (fresh augmentation)."""
+        return self.hyperparameters.augmentation > 0 and bool(self.fresh_cuts)
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": EXPORT_VERSION, **to_dict(self)}

@@ -8,7 +8,6 @@ tuner (``tuning.tuner``) and the features (``core.features``).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -144,7 +143,7 @@ def run_search(
         if resume is None:
             # Only once the search can run: a refused one leaves RUN_DIR as it was.
             start_run_dir(run_dir, config, space, data_dir, index.fingerprint, experiment)
-            (run_dir / PLAN_FILE).write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
+            plan.write(run_dir / PLAN_FILE)
         shared, stats, built_by = prepare_features(config, index, request, plan, info, progress)
         export_search_metrics(stats)
         install_grafana_dashboard()
@@ -239,7 +238,7 @@ def plan_features(
     """
     saved = run_dir / PLAN_FILE
     if resume is not None and saved.is_file():
-        plan = CachePlan.from_dict(json.loads(saved.read_text()), str(saved))
+        plan = CachePlan.read(saved)
     else:
         plan = plan_for(
             request,
@@ -248,11 +247,7 @@ def plan_features(
             cache_location=config.cache_location,
             object_store_bytes=info.trial_object_store_bytes,
         )
-    for line in plan.lines():
-        if progress:
-            print(line, flush=True)
-        else:
-            logger.info("%s", line)
+    plan.show(progress)
     return plan
 
 

@@ -158,6 +158,7 @@ def exported_dict(**changes: Any) -> dict[str, Any]:
         "cache_dir": "/tmp/cache",
         "augmentation_views": 4,
         "feature_dtype": "float16",
+        "fresh_cuts": [],
     }
     data.update(changes)
     return data

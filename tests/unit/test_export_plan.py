@@ -1,0 +1,101 @@
+"""Export and final training follow the search's cache plan: its views, its fresh cuts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from core.hyperparameters import Hyperparameters
+from core.plan import CachePlan, PlannedEntry
+from tests.unit.test_export import search_summary
+from tuning.export import best_config
+from tuning.run_dir import PLAN_FILE, RESULTS_FILE
+
+
+def plan(views: int, fresh: list[tuple[str, float]]) -> CachePlan:
+    rows = [PlannedEntry("block5_pool", 0.0, "plain", 0, 10, 1, 1, 0.0)]
+    rows += [PlannedEntry("block5_pool", 0.5, "views", views, 10, 0, views, 1.0)]
+    rows += [PlannedEntry(cut, s, "fresh", 0, 0, 0, 0, 0.0) for cut, s in fresh]
+    return CachePlan(
+        backbone="vgg16", image_size=48, dtype="float16", train_images=40,
+        validation_images=16, views_per_strength=views, entries=tuple(rows),
+        images_nbytes=40 * 48 * 48 * 3, budget_bytes=10**9, budget_source="test",
+        object_store_bytes=0, disk_free_bytes=0, seconds_per_image=0.0,
+    )  # fmt: skip
+
+
+def write_run(tmp_path: Path, hparams: Hyperparameters, cache_plan: CachePlan | None) -> Path:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    summary = search_summary(run_dir)
+    best = summary.best
+    trials = [
+        dataclasses.replace(t, hyperparameters=hparams) if t.trial_id == best.trial_id else t
+        for t in summary.trials
+    ]
+    summary = dataclasses.replace(summary, trials=trials)
+    (run_dir / RESULTS_FILE).write_text(json.dumps(summary.to_dict()))
+    if cache_plan is not None:
+        cache_plan.write(run_dir / PLAN_FILE)
+    return run_dir
+
+
+def test_the_best_trial_trains_again_on_the_plans_views_and_fresh_cuts(tmp_path: Path) -> None:
+    hparams = Hyperparameters(unfreeze_blocks=1, augmentation=0.5)
+    run_dir = write_run(tmp_path, hparams, plan(2, [("block4_pool", 0.5), ("block4_pool", 1.0)]))
+    config = best_config(run_dir)
+    # The search asked for 4 views; its plan kept 2, and block4_pool augmented fresh.
+    assert config.augmentation_views == 2 and config.fresh_cuts == ("block4_pool",)
+    request = config.feature_request()
+    assert request.views == 2 and request.view_cuts == ("block5_pool",)
+    assert config.augments_fresh
+
+
+def test_a_run_without_a_plan_exports_as_before(tmp_path: Path) -> None:
+    run_dir = write_run(tmp_path, Hyperparameters(unfreeze_blocks=1, augmentation=0.5), None)
+    config = best_config(run_dir)
+    assert config.augmentation_views == 4 and config.fresh_cuts == ()
+    assert config.feature_request().view_cuts is None and not config.augments_fresh
+
+
+def test_final_training_augments_fresh_where_the_search_did(
+    shapes_data: Path, tmp_path: Path
+) -> None:
+    from core.backbones import weights_identity
+    from core.data import scan_dataset
+    from core.features import FeatureCache
+    from tests.unit.test_export import exported_dict
+    from tuning.final import train_final
+
+    index = scan_dataset(shapes_data, 0.2, 0)
+    best = tmp_path / "best.json"
+    best.write_text(
+        json.dumps(
+            exported_dict(
+                hyperparameters=Hyperparameters(
+                    unfreeze_blocks=1, augmentation=0.5, dense_units=16, batch_size=8
+                ).to_dict(),
+                weights="none",
+                weights_identity=weights_identity("none", 0),
+                image_size=32,
+                epochs=2,
+                max_epochs=2,
+                head_epochs=1,
+                dataset_fingerprint=index.fingerprint,
+                class_names=list(index.class_names),
+                augmentation_views=2,
+                fresh_cuts=["block4_pool"],
+            )
+        )
+    )
+    cache_dir = tmp_path / "cache"
+    metrics = train_final(
+        best, shapes_data, tmp_path / "model", cache_dir=cache_dir, progress=False
+    )
+    assert metrics.epochs == 2 and [row["phase"] for row in metrics.history] == [1, 2]
+    views = {
+        (b["cut"], b["view"]) for b in FeatureCache(cache_dir).builds() if b["view"] is not None
+    }
+    # Views for the head's cut only; block4_pool's phase 2 augmented the images afresh.
+    assert views == {("block5_pool", 0), ("block5_pool", 1)}

@@ -177,39 +177,47 @@ def probe_seconds_per_image(backbone: str, image_size: int, *, images: int = 4) 
     return seconds
 
 
-def profile_elsewhere(
-    backbone: str, image_size: int, probe: bool = True
-) -> tuple[BackboneProfile, float]:
-    """``profile_backbone`` and the timed probe (0 without it), in a fresh interpreter.
+_PROFILE_CODE = (
+    "import json, sys\n"
+    "from core.plan import profile_backbone, probe_seconds_per_image\n"
+    "name, size, probe = sys.argv[1], int(sys.argv[2]), sys.argv[3] == '1'\n"
+    "profile = profile_backbone(name, size)\n"
+    "seconds = probe_seconds_per_image(name, size) if probe else 0.0\n"
+    "cuts = [[c.cut, list(c.shape), c.frozen_share] for c in profile.cuts]\n"
+    "print(json.dumps([profile.flops_per_image, cuts, seconds]))\n"
+)
+
+
+class Profiling:
+    """``profile_backbone`` and the timed probe, running in a fresh interpreter.
 
     The driver of a search never starts TensorFlow itself (on a GPU node it
     would keep the GPU's memory); the probe may use this node's GPU, which the
-    interpreter releases when it exits.
+    interpreter releases when it exits. It starts at once, so a search starts
+    Ray meanwhile; ``result`` waits for it.
     """
-    from core.runtime import json_from_fresh_interpreter
 
-    code = (
-        "import json, sys\n"
-        "from core.plan import profile_backbone, probe_seconds_per_image\n"
-        "name, size, probe = sys.argv[1], int(sys.argv[2]), sys.argv[3] == '1'\n"
-        "profile = profile_backbone(name, size)\n"
-        "seconds = probe_seconds_per_image(name, size) if probe else 0.0\n"
-        "cuts = [[c.cut, list(c.shape), c.frozen_share] for c in profile.cuts]\n"
-        "print(json.dumps([profile.flops_per_image, cuts, seconds]))\n"
-    )
-    flops, cuts, seconds = json_from_fresh_interpreter(
-        code,
-        [backbone, str(image_size), "1" if probe else "0"],
-        what=f"profiling {backbone!r} at {image_size} px",
-        cpu_only=False,
-    )
-    profile = BackboneProfile(
-        backbone,
-        image_size,
-        float(flops),
-        tuple(CutProfile(cut, tuple(shape), float(share)) for cut, shape, share in cuts),
-    )
-    return profile, float(seconds)
+    def __init__(self, backbone: str, image_size: int, probe: bool = True) -> None:
+        from core.runtime import FreshInterpreter
+
+        self.backbone, self.image_size = backbone, image_size
+        self._run = FreshInterpreter(
+            _PROFILE_CODE,
+            [backbone, str(image_size), "1" if probe else "0"],
+            what=f"profiling {backbone!r} at {image_size} px",
+            cpu_only=False,
+        )
+
+    def result(self) -> tuple[BackboneProfile, float]:
+        """The profile, and the probe's seconds per image (0 without the probe)."""
+        flops, cuts, seconds = self._run.result()
+        profile = BackboneProfile(
+            self.backbone,
+            self.image_size,
+            float(flops),
+            tuple(CutProfile(cut, tuple(shape), float(share)) for cut, shape, share in cuts),
+        )
+        return profile, float(seconds)
 
 
 @dataclass(frozen=True)
@@ -739,6 +747,7 @@ def plan_for(
     object_store_bytes: int,
     probe: bool = True,
     mirror_dir: str | None = None,
+    profiling: Profiling | None = None,
 ) -> CachePlan:
     """The plan of a search on ``index``: what its cache holds already, a timed probe, the disk.
 
@@ -749,6 +758,7 @@ def plan_for(
         cache_location: The cache directory or URI (its local side is checked for space).
         object_store_bytes: The smallest trial node's object store (0: unknown).
         probe: Time the backbone here (off: no time estimates).
+        profiling: The profile and probe, when the caller started them earlier.
     """
     from core.features import FeatureCache
 
@@ -760,7 +770,8 @@ def plan_for(
         return key is not None and cache.has(key)
 
     budget_bytes, source = resolve_budget(budget, object_store_bytes)
-    profile, seconds_per_image = profile_elsewhere(request.backbone, request.image_size, probe)
+    profiling = profiling or Profiling(request.backbone, request.image_size, probe)
+    profile, seconds_per_image = profiling.result()
     return plan_cache(
         request,
         profile,

@@ -363,34 +363,58 @@ def visible_gpu_memory_mb(gpu_count: int) -> list[int | None]:
     return list(totals)
 
 
-def json_from_fresh_interpreter(
-    code: str, args: Sequence[str], *, what: str, cpu_only: bool, timeout_s: float = 300
-) -> Any:
-    """Runs ``code`` in a new Python and returns the JSON its last output line holds.
+class FreshInterpreter:
+    """Python code running in a new interpreter, whose last output line is JSON.
 
     For work that needs TensorFlow in a process that must not start it (a
     search's driver: on a GPU node TensorFlow would keep the GPU's memory
     mapped for the whole search). The interpreter's memory goes when it exits.
+    It starts at once; ``result`` waits for it, so the caller can do other
+    work meanwhile (a search starts Ray while its cache plan's probe runs).
 
     Args:
         code: Python source; ``sys.argv[1:]`` are ``args``; it prints JSON last.
         what: What it computes, for the error message.
         cpu_only: Hide the GPUs from it.
-
-    Raises:
-        RuntimeError: The interpreter failed (its error output is in the message).
     """
-    import json
 
-    env = {**os.environ, **quiet_environment()}
-    if cpu_only:
-        env["CUDA_VISIBLE_DEVICES"] = ""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    result = subprocess.run(
-        [sys.executable, "-c", code, *args],
-        capture_output=True, text=True, timeout=timeout_s, check=False, env=env,
-    )  # fmt: skip
-    if result.returncode != 0:
-        raise RuntimeError(f"{what} failed: {result.stderr[-2000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    def __init__(
+        self, code: str, args: Sequence[str], *, what: str, cpu_only: bool, timeout_s: float = 300
+    ) -> None:
+        env = {**os.environ, **quiet_environment()}
+        if cpu_only:
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        self.what = what
+        self.timeout_s = timeout_s
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", code, *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+
+    def result(self) -> Any:
+        """The JSON it printed last.
+
+        Raises:
+            RuntimeError: The interpreter failed or timed out (its error output
+                is in the message).
+        """
+        import json
+
+        try:
+            stdout, stderr = self._process.communicate(timeout=self.timeout_s)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.communicate()
+            raise RuntimeError(f"{self.what} took over {self.timeout_s:.0f} s") from None
+        if self._process.returncode != 0:
+            raise RuntimeError(f"{self.what} failed: {stderr[-2000:]}")
+        return json.loads(stdout.strip().splitlines()[-1])
+
+
+def json_from_fresh_interpreter(
+    code: str, args: Sequence[str], *, what: str, cpu_only: bool, timeout_s: float = 300
+) -> Any:
+    """``FreshInterpreter(...).result()``: runs ``code`` in a new Python and waits for its JSON."""
+    return FreshInterpreter(code, args, what=what, cpu_only=cpu_only, timeout_s=timeout_s).result()

@@ -25,6 +25,7 @@ Validation is never augmented and always reads the cached features.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -221,6 +222,52 @@ def _fresh_set(fresh: FreshPairs) -> set[tuple[str, float]]:
     return {(cut, float(strength)) for cut, strength in fresh}
 
 
+CUSTOM_GRADIENT_PREFIX = "CustomGradient-"
+"""How ``tf.custom_gradient`` names the gradient functions it registers (one per graph trace)."""
+
+
+def _gradient_registry() -> dict[str, Any] | None:
+    """TensorFlow's process-wide table of gradient functions (private API; None if it moved)."""
+    try:
+        from tensorflow.python.framework import ops
+    except ImportError:
+        return None
+    table = getattr(getattr(ops, "_gradient_registry", None), "_registry", None)
+    return table if isinstance(table, dict) else None
+
+
+def custom_gradient_names() -> frozenset[str]:
+    """The ``tf.custom_gradient`` functions registered in this process so far."""
+    table = _gradient_registry()
+    if table is None:
+        return frozenset()
+    return frozenset(name for name in table if name.startswith(CUSTOM_GRADIENT_PREFIX))
+
+
+def forget_custom_gradients(keep: frozenset[str]) -> int:
+    """Unregisters the ``tf.custom_gradient`` functions not in ``keep``; returns how many.
+
+    Why: Keras' TensorFlow optimizer sums the gradients over replicas
+    (``replica_context.all_reduce``) in every traced training step, and
+    TensorFlow wraps that sum in a ``tf.custom_gradient``, which registers a
+    gradient function under a new name in a process-wide table that nothing
+    ever empties. That function's closure holds the traced step's graph, the
+    graph holds the handles of the variables it captured, and so every model
+    ever trained in the process keeps its weights and optimizer slots (about
+    75 MB for VGG16's top block with SGD momentum), ``clear_session`` or not.
+    A registered function is only looked up while a gradient is being traced,
+    so unregistering those of models that are gone breaks nothing.
+    """
+    table = _gradient_registry()
+    if table is None:
+        logger.debug("TensorFlow's gradient registry was not found: nothing to unregister")
+        return 0
+    stale = [n for n in table if n.startswith(CUSTOM_GRADIENT_PREFIX) and n not in keep]
+    for name in stale:
+        del table[name]
+    return len(stale)
+
+
 class RecipeTrainer:
     """Trains one configuration of the recipe, one epoch per call.
 
@@ -254,6 +301,9 @@ class RecipeTrainer:
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self._labels = {split: self._target(bundle.labels[split]) for split in bundle.labels}
+        self._closed = False
+        # What ``close`` leaves registered: all but this trainer's training steps.
+        self._gradients_before = custom_gradient_names()
         keras.backend.clear_session()
         keras.utils.set_random_seed(setup.seed)
         feature_shape = tuple(bundle.features(self.top_cut, "train").shape[1:])
@@ -411,6 +461,7 @@ class RecipeTrainer:
             epoch (1-based), phase, loss, accuracy, val_loss, val_accuracy and
             epoch_seconds.
         """
+        self._require_open()
         if self.done:
             raise RuntimeError(f"all {self.setup.epochs} epochs are trained")
         started = time.perf_counter()
@@ -459,6 +510,7 @@ class RecipeTrainer:
 
     def save(self, directory: str | Path) -> None:
         """Writes the trainer's state (weights, optimizer state, progress) to ``directory``."""
+        self._require_open()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.head.save_weights(directory / "head.weights.h5")
@@ -477,6 +529,7 @@ class RecipeTrainer:
 
         Weights, optimizer state and progress are restored.
         """
+        self._require_open()
         directory = Path(directory)
         state = json.loads((directory / "state.json").read_text())
         self.epoch = int(state["epoch"])
@@ -492,7 +545,36 @@ class RecipeTrainer:
 
     def inference_model(self) -> keras.Model:
         """The full model (preprocessing, backbone, head) on RGB images in [0, 255]."""
+        self._require_open()
         return build_inference_model(self._ensure_backbone(), self.setup.backbone, self.head)
+
+    def close(self) -> None:
+        """Frees the trainer's models and what TensorFlow keeps of their training steps.
+
+        A process that trains one trial after another (Ray Tune's
+        ``reuse_actors``) calls it at the end of each, so that the process's
+        memory stays flat: without it, each trained model stays in memory for
+        the process's life (see ``forget_custom_gradients``). It resets Keras'
+        global state (``clear_session``), so a model built elsewhere in the
+        process must not be training meanwhile. ``history`` and
+        ``epoch_costs`` stay readable; training, saving or exporting afterwards
+        is not possible. Closing twice does nothing.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self.frozen_models.clear()
+        self.finetune_model = None
+        self.backbone_model = None
+        del self.head
+        keras.backend.clear_session()
+        forget_custom_gradients(self._gradients_before)
+        # Keras models are reference cycles: collected now, not at some later trial.
+        gc.collect()
+
+    def _require_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the trainer is closed: its models are gone")
 
 
 def _timed(

@@ -16,7 +16,7 @@ from typing import Any
 from core.backbones import get_backbone
 from core.data import DatasetIndex, load_images, scan_dataset
 from core.features import CacheStats, FeatureCache, FeatureRequest
-from core.plan import CachePlan, plan_for
+from core.plan import CachePlan, Profiling, plan_for
 from search_spaces import SearchSpace, SpaceError, load_space
 from tuning.config import SearchConfig
 from tuning.resume import SavedRun, check_resume, load_run
@@ -133,12 +133,15 @@ def run_search(
     sampler = make_sampler(config.searcher.sampler, config.seed) if resume is None else None
     request = config.feature_request(space)
     experiment = experiment_location(config, run_dir)
+    # The cache plan's profile and probe run in their own interpreter while Ray starts.
+    new_plan = resume is None or not (run_dir / PLAN_FILE).is_file()
+    profiling = Profiling(request.backbone, request.image_size) if new_plan else None
     info = connect(address, temp_dir=ray_temp_dir, **local_ray_options(config, num_cpus, num_gpus))
     if info.dashboard_url:
         logger.info("Ray dashboard: %s", info.dashboard_url)
     try:
         check_trial_fits(info, config.resources.cpus_per_trial, config.resources.gpus_per_trial)
-        plan = plan_features(config, index, request, info, run_dir, resume, progress)
+        plan = plan_features(config, index, request, info, run_dir, resume, progress, profiling)
         request = plan.request(request)
         if resume is None:
             # Only once the search can run: a refused one leaves RUN_DIR as it was.
@@ -229,6 +232,7 @@ def plan_features(
     run_dir: Path,
     resume: SavedRun | None,
     progress: bool,
+    profiling: Profiling | None = None,
 ) -> CachePlan:
     """The cache plan, shown before any work: a resumed search keeps the plan it started with.
 
@@ -246,6 +250,7 @@ def plan_features(
             budget=config.features.cache_memory_budget,
             cache_location=config.cache_location,
             object_store_bytes=info.trial_object_store_bytes,
+            profiling=profiling,
         )
     plan.show(progress)
     return plan

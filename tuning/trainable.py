@@ -5,8 +5,11 @@ Each report carries ``cost``, the trial's compute so far in head epochs
 each run of the trial (a retry is a new run) also says what the trial spent
 before its first epoch, step by step (``startup_*_s``), which TensorFlow
 thread counts it runs with and the process's resident memory: with
-``reuse_actors`` a later trial in the same process finds TensorFlow imported
-and configured, and these show it.
+``reuse_actors`` (on by default, ``tuning.tuner.new_tuner``) a later trial in
+the same process finds TensorFlow imported and configured, and these show it;
+such a trial also reports ``previous_close_s``, the time the trial before it
+took to free its models. Every trial frees them when it ends, however it ends
+(``RecipeTrainer.close``), so that the process's memory stays flat.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ build: the cost table, the head and its optimizer; restore: the checkpoint.
 
 _trials_in_process = 0
 """Trials this process has started: above 1, Ray Tune reused the actor."""
+
+_last_close_seconds: float | None = None
+"""How long the process's previous trial took to free its models (``RecipeTrainer.close``)."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,7 @@ def recipe_trainable(
     hyperparameters use; nothing here runs the frozen blocks, not even for
     augmented trials (they train on cached views).
     """
-    global _trials_in_process
+    global _trials_in_process, _last_close_seconds
     _trials_in_process += 1
     clock = StartupClock()
     if _trials_in_process == 1:
@@ -97,7 +103,7 @@ def recipe_trainable(
 
         from cluster.monitoring import TrialMetrics, for_progress_table
         from core.cost import epoch_costs
-        from core.runtime import configure_tensorflow, tensorflow_threads
+        from core.runtime import configure_tensorflow
         from core.training import RecipeTrainer
     with clock.step("configure"):
         threads = max(1, int(context.cpus_per_trial))
@@ -109,31 +115,48 @@ def recipe_trainable(
     with clock.step("build"):
         setup = context.setup
         costs = context.epoch_costs or epoch_costs(setup.backbone, setup.image_size)
-        trainer = RecipeTrainer(hparams, setup, bundle)
         monitor = TrialMetrics(tune.get_context().get_trial_id())
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with clock.step("restore"), checkpoint.as_directory() as directory:
-            trainer.restore(directory)
-    first_report: dict[str, Any] = {
+        trainer = RecipeTrainer(hparams, setup, bundle)
+    try:
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            with clock.step("restore"), checkpoint.as_directory() as directory:
+                trainer.restore(directory)
+        first_report = _first_report(clock)
+        while not trainer.done:
+            crash = _crash_hook(trainer.epoch + 1)
+            phase = trainer.phase_of(trainer.epoch)
+            metrics = for_progress_table(trainer.train_epoch(on_batch=crash))
+            metrics["epoch_cost"] = costs.epoch_cost(hparams.unfreeze_blocks, phase)
+            metrics["cost"] = costs.cumulative(setup, hparams.unfreeze_blocks, trainer.epoch)
+            metrics["resumed"] = checkpoint is not None
+            metrics.update(first_report)
+            first_report = {}
+            monitor.record_epoch(metrics)
+            with tempfile.TemporaryDirectory(prefix="bottletune-ckpt-") as directory:
+                trainer.save(directory)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+    finally:
+        # Also when ASHA stops the trial (Ray raises SystemExit in tune.report)
+        # or it fails: with reuse_actors, the next trial runs in this process.
+        started = time.perf_counter()
+        trainer.close()
+        _last_close_seconds = time.perf_counter() - started
+
+
+def _first_report(clock: StartupClock) -> dict[str, Any]:
+    """What the first report of a trial run adds: start-up, process and TensorFlow settings."""
+    from core.runtime import tensorflow_threads
+
+    report: dict[str, Any] = {
         **clock.metrics(),
         "process_trial": _trials_in_process,
         "rss_mb": resident_memory_mb(),
     }
-    first_report["intra_op_threads"], first_report["inter_op_threads"] = tensorflow_threads()
-    while not trainer.done:
-        crash = _crash_hook(trainer.epoch + 1)
-        phase = trainer.phase_of(trainer.epoch)
-        metrics = for_progress_table(trainer.train_epoch(on_batch=crash))
-        metrics["epoch_cost"] = costs.epoch_cost(hparams.unfreeze_blocks, phase)
-        metrics["cost"] = costs.cumulative(setup, hparams.unfreeze_blocks, trainer.epoch)
-        metrics["resumed"] = checkpoint is not None
-        metrics.update(first_report)
-        first_report = {}
-        monitor.record_epoch(metrics)
-        with tempfile.TemporaryDirectory(prefix="bottletune-ckpt-") as directory:
-            trainer.save(directory)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+    if _last_close_seconds is not None:
+        report["previous_close_s"] = _last_close_seconds
+    report["intra_op_threads"], report["inter_op_threads"] = tensorflow_threads()
+    return report
 
 
 def process_age_seconds() -> float:

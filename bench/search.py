@@ -1,31 +1,66 @@
-"""A whole search with the feature cache (``run_search``) against a naive Ray Tune search.
+"""Whole searches, side by side: the feature cache against a naive Ray Tune search.
 
-Both searches use the same data, search space, number of trials, seed, Optuna
-sampler, ASHA settings, epochs, trial resources and concurrency, on a fresh
-local Ray each:
+Three searches of the same data, search space, number of trials, seed, Optuna
+TPE sampler, ASHA settings, epochs, trial resources and concurrency, one after
+another, each on a fresh local Ray:
 
 cached
-    ``tuning.search.run_search`` with an empty feature cache, so the wall time
-    includes extracting every cut and augmented view the space needs.
+    ``tuning.search.run_search`` with an empty feature cache and ASHA counting
+    epochs. Its clock starts before ``run_search`` is called, so it includes
+    Ray's start, the cache plan, extracting the plain features (before the
+    first trial) and the augmented views (built while trials run).
 naive
-    A plain Ray Tune + Keras trainable (``naive_trainable`` below): each trial
+    A plain Ray Tune + Keras trainable (``naive_trainable``): each trial
     builds the full VGG16 with its head (and the augmentation layers when it
     augments), trains the head on a frozen backbone, then unfreezes the top
     ``unfreeze_blocks`` blocks and recompiles with SGD, as the recipe's script
-    does; every epoch runs the whole network on the images. The decoded
-    images are shared through the object store and decoding is timed in.
+    does; every epoch runs the whole network on the images. Its clock starts
+    before the images are decoded.
+cached-cost
+    ``run_search`` again with ``asha_time_attr: cost`` (ASHA's rungs at equal
+    compute), on the cache the ``cached`` search left warm. Its clock starts
+    the ``cached`` search's extraction seconds early (as recorded by the
+    cache: the plain pass and every view pass, added in full although in
+    ``cached`` the views were built while its trials ran), so that both count
+    extraction.
 
-The wall-time ratio is naive seconds / cached seconds; the best validation
-accuracy of each search is reported beside it (scope "last", as run_search).
+Every epoch of every trial is read back from Ray Tune's own ``result.json``;
+its time is the report's ``timestamp`` (whole seconds, taken at the middle of
+its second, so +-0.5 s) less the side's start. From these curves:
+
+- time to target: when a side first reports a validation accuracy of at least
+  the naive search's best (any trial, any epoch); the ratio naive / cached is
+  meant to be at least 3x;
+- best validation accuracy at equal wall time: each side's best so far at a
+  few common times, the last one the shortest side's end;
+- ASHA in cost against epochs: time to target and wall time of ``cached`` over
+  ``cached-cost`` (above 1: cost is faster);
+- the first epoch (issue 9, item 3): the ``cached`` search's first reported
+  epoch, counted from its start, over one uncached epoch of the same backbone
+  on the same images (the naive search's first trial's first epoch, training
+  and validation); meant to be at most 1.5x.
+
+At the defaults the three searches are estimated (from the per-epoch times of
+``bench/cache_vs_naive.py`` at 96 px, not run yet) at half an hour to an hour
+on 2 CPU cores, most of it the naive search; ``--size 32 --classes 2
+--per-class 10 --samples 3 --epochs 2 --head-epochs 1 --grace-period 1 --views
+1`` is a smoke run (about 5 minutes on a shared 2-core machine, where Ray's and
+each trial's start-up dominate).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
+import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +68,7 @@ import numpy as np
 
 from bench.common import (
     BACKBONE,
+    RESULTS_DIR,
     SEED,
     WEIGHTS,
     add_output_flags,
@@ -46,32 +82,267 @@ from bench.common import (
     update_doc_section,
     write_results,
 )
+from bench.peers import accuracy_value, best_at, compare_curves, ratio, reported_epochs
 
 logger = logging.getLogger(__name__)
 
 METRIC = "val_accuracy"
+CACHED, NAIVE, COST = "cached", "naive", "cached-cost"
+TIME_TO_TARGET_GOAL = 3.0
+"""Naive time to target / cached time to target should be at least this."""
+FIRST_EPOCH_GOAL = 1.5
+"""The cached search's first epoch should come at most this many uncached epochs after its start."""
+TIMESTAMP_MIDPOINT = 0.5
+"""Ray Tune's ``timestamp`` is whole seconds (truncated): the report came within the next one."""
+
+Curve = list[tuple[float, float]]
+"""(seconds since the side's start, validation accuracy) of every epoch any trial reported."""
+
+
+# Arguments
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.search",
-        description="A whole search with the cache (run_search) against a naive Ray Tune search.",
+        description="Whole searches: cached (ASHA in epochs and in cost) against naive Ray Tune.",
     )
-    parser.add_argument("--size", type=positive_int, default=48, help="image side in px")
+    parser.add_argument("--size", type=positive_int, default=96, help="image side in px")
+    parser.add_argument("--classes", type=positive_int, default=3, help="classes of shapes")
     parser.add_argument(
-        "--per-class", type=positive_int, default=60, help="training images per class (2 classes)"
+        "--per-class",
+        type=positive_int,
+        default=70,
+        help="training images per class (validation: half as many)",
     )
-    parser.add_argument("--samples", type=positive_int, default=6, help="trials per search")
-    parser.add_argument("--epochs", type=positive_int, default=4, help="max_epochs (ASHA max_t)")
-    parser.add_argument("--head-epochs", type=positive_int, default=1)
-    parser.add_argument("--grace-period", type=positive_int, default=2)
+    parser.add_argument("--samples", type=positive_int, default=16, help="trials per search")
+    parser.add_argument("--epochs", type=positive_int, default=6, help="max_epochs (ASHA max_t)")
+    parser.add_argument("--head-epochs", type=positive_int, default=2, help="phase-1 epochs")
+    parser.add_argument("--grace-period", type=positive_int, default=3, help="ASHA's grace")
+    parser.add_argument("--reduction-factor", type=positive_int, default=2, help="ASHA's factor")
     parser.add_argument("--views", type=positive_int, default=2, help="augmentation_views")
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16")
     parser.add_argument("--space", default="default", help="search-space preset or YAML file")
     parser.add_argument("--cpus", type=positive_int, default=2, help="CPUs of the local Ray")
     parser.add_argument("--concurrent", type=positive_int, default=2, help="max concurrent trials")
+    parser.add_argument(
+        "--target",
+        type=accuracy_value,
+        help="validation accuracy to reach (default: the naive search's best)",
+    )
+    parser.add_argument(
+        "--time-points", type=positive_int, default=4, help="times of the equal-time table"
+    )
     add_output_flags(parser, "search")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.classes < 2:
+        parser.error(f"--classes {args.classes}: must be at least 2")
+    if args.per_class < 4:
+        parser.error(f"--per-class {args.per_class}: must be at least 4")
+    if args.grace_period > args.epochs:
+        parser.error(f"--grace-period {args.grace_period}: must be at most --epochs {args.epochs}")
+    if args.reduction_factor < 2:
+        parser.error(f"--reduction-factor {args.reduction_factor}: must be at least 2")
+    return args
+
+
+REPRODUCED_FLAGS = (
+    "size",
+    "classes",
+    "per_class",
+    "samples",
+    "epochs",
+    "head_epochs",
+    "grace_period",
+    "reduction_factor",
+    "views",
+    "dtype",
+    "space",
+    "cpus",
+    "concurrent",
+    "target",
+    "time_points",
+)
+"""Every flag that changes what is measured, in the order the command prints them."""
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reruns this benchmark with every setting spelled out."""
+    words = ["python", "-m", "bench.search"]
+    for name in REPRODUCED_FLAGS:
+        value = getattr(args, name)
+        if value is not None:
+            words += [f"--{name.replace('_', '-')}", str(value)]
+    if Path(args.out).absolute() != (RESULTS_DIR / "search.json").absolute():
+        words += ["--out", str(args.out)]
+    if args.no_doc:
+        words.append("--no-doc")
+    return " ".join(words)
+
+
+# Curves (pure: tests/unit/test_bench_search.py checks them on synthetic rows)
+
+
+def report_seconds(row: Mapping[str, Any], started: float, offset: float = 0.0) -> float:
+    """When one Ray Tune report came, in seconds since ``started`` (a ``time.time()``).
+
+    Args:
+        row: One line of a trial's ``result.json``.
+        started: The side's start.
+        offset: Seconds added to the side's clock (a warm cache's extraction).
+    """
+    return max(0.0, float(row["timestamp"]) + TIMESTAMP_MIDPOINT - started) + offset
+
+
+def side_curve(
+    trials: Sequence[Sequence[Mapping[str, Any]]], started: float, offset: float = 0.0
+) -> Curve:
+    """Every finite validation accuracy reported by these trials (their rows), in time order."""
+    return sorted(
+        (report_seconds(row, started, offset), float(row[METRIC]))
+        for rows in trials
+        for row in rows
+        if row.get(METRIC) is not None and math.isfinite(float(row[METRIC]))
+    )
+
+
+def first_epochs(
+    trials: Sequence[Sequence[Mapping[str, Any]]], started: float, offset: float = 0.0
+) -> list[dict[str, Any]]:
+    """Each trial's first report: when it came and what the epoch took, earliest trial first.
+
+    A trial's first report is its ``training_iteration`` 1 (a trial without one
+    is left out). ``time_total_s`` is Ray's time from the trainable's start to
+    that report; ``epoch_seconds`` and ``startup_total_s`` (what the recipe's
+    trial spent before its first epoch) are None where the trainable does not
+    report them.
+    """
+    firsts = []
+    for rows in trials:
+        first = [row for row in rows if row.get("training_iteration") == 1]
+        if not first:
+            continue
+        row = first[0]
+        firsts.append(
+            {
+                "seconds": report_seconds(row, started, offset),
+                "time_total_s": row.get("time_total_s"),
+                "epoch_seconds": row.get("epoch_seconds"),
+                "startup_total_s": row.get("startup_total_s"),
+            }
+        )
+    return sorted(firsts, key=lambda item: (item["seconds"], item["time_total_s"] or 0.0))
+
+
+def format_ratio(value: float | None, digits: int = 2) -> str:
+    """A ratio for the tables: ``3.41×``, or ``-`` when it could not be measured."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:.{digits}f}×"
+
+
+def format_seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def format_accuracy(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def verdict(value: float | None, goal: float, *, at_least: bool) -> str:
+    """``met`` or ``not met`` against a goal (at least or at most it), or ``not measured``."""
+    if value is None or not math.isfinite(value):
+        return "not measured"
+    met = value >= goal if at_least else value <= goal
+    return "met" if met else "not met"
+
+
+def configurations_in_common(
+    first: Sequence[Mapping[str, Any]], second: Sequence[Mapping[str, Any]]
+) -> int:
+    """How many sampled configurations two searches share (as a multiset intersection)."""
+
+    def counted(configs: Sequence[Mapping[str, Any]]) -> Counter[str]:
+        return Counter(json.dumps(dict(config), sort_keys=True) for config in configs)
+
+    return sum((counted(first) & counted(second)).values())
+
+
+# The sides
+
+
+@dataclass
+class Side:
+    """One search as measured.
+
+    Attributes:
+        name: ``cached``, ``naive`` or ``cached-cost``.
+        asha_time_attr: What ASHA counted time in (epochs or cost).
+        cache: "cold" (extraction timed in), "warm" (extraction added as the
+            clock offset) or "none" (the naive search).
+        seconds: Wall time of the search, extraction included (with the offset).
+        clock_offset_s: Seconds the side's clock started early.
+        trials: Per trial: id, last-epoch validation accuracy, epochs,
+            hyperparameters, error.
+        curve: Every epoch reported (see ``side_curve``).
+        first_epochs: Each trial's first report (see ``first_epochs``).
+        extraction: For a cold cache: what the cache recorded building.
+    """
+
+    name: str
+    asha_time_attr: str
+    cache: str
+    seconds: float
+    clock_offset_s: float
+    trials: list[dict[str, Any]]
+    curve: Curve
+    first_epochs: list[dict[str, Any]]
+    extraction: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def best_val_accuracy(self) -> float | None:
+        """The best validation accuracy any trial reported at any epoch."""
+        return max((value for _, value in self.curve), default=None)
+
+    @property
+    def best_last_epoch(self) -> float | None:
+        """The best trial's validation accuracy at its last epoch, as run_search ranks trials."""
+        return max(
+            (trial["val_accuracy"] for trial in self.trials if trial["val_accuracy"] is not None),
+            default=None,
+        )
+
+    @property
+    def first_report_s(self) -> float | None:
+        return self.curve[0][0] if self.curve else None
+
+    @property
+    def before_first_trial_s(self) -> float | None:
+        """Seconds of this run (its clock offset left out) before its first trial's trainable
+        started: the first report's time less Ray's ``time_total_s`` of that trial."""
+        if not self.first_epochs or self.first_epochs[0]["time_total_s"] is None:
+            return None
+        first = self.first_epochs[0]
+        return float(first["seconds"] - first["time_total_s"] - self.clock_offset_s)
+
+    @property
+    def epochs_trained(self) -> int:
+        return sum(int(trial["epochs"] or 0) for trial in self.trials)
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for trial in self.trials if trial["error"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "best_val_accuracy": self.best_val_accuracy,
+            "best_last_epoch": self.best_last_epoch,
+            "first_report_s": self.first_report_s,
+            "before_first_trial_s": self.before_first_trial_s,
+            "epochs_trained": self.epochs_trained,
+            "errors": self.errors,
+        }
 
 
 def search_config(args: argparse.Namespace, cache_dir: Path) -> Any:
@@ -86,7 +357,8 @@ def search_config(args: argparse.Namespace, cache_dir: Path) -> Any:
             "max_epochs": args.epochs,
             "head_epochs": args.head_epochs,
             "grace_period": args.grace_period,
-            "reduction_factor": 2,
+            "reduction_factor": args.reduction_factor,
+            "asha_time_attr": "epochs",
             "sampler": "tpe",
             "seed": SEED,
             "max_concurrent_trials": args.concurrent,
@@ -97,6 +369,58 @@ def search_config(args: argparse.Namespace, cache_dir: Path) -> Any:
             "augmentation_views": args.views,
             "feature_dtype": args.dtype,
         }
+    )
+
+
+def extraction_record(cache_dir: Path) -> dict[str, Any]:
+    """What the cache recorded building: the plain pass and each view pass, in seconds.
+
+    Every entry of one forward pass records that pass's time, so each pass is counted once.
+    """
+    from core.features import FeatureCache
+
+    builds = FeatureCache(cache_dir).builds()
+    passes = {(build["augmentation"], build["view"]): float(build["seconds"]) for build in builds}
+    plain = sum(seconds for (_, view), seconds in passes.items() if view is None)
+    views = sum(seconds for (_, view), seconds in passes.items() if view is not None)
+    return {
+        "seconds": plain + views,
+        "plain_pass_seconds": plain,
+        "view_passes": sum(1 for _, view in passes if view is not None),
+        "view_passes_seconds": views,
+        "entries_built": len(builds),
+    }
+
+
+def run_cached(
+    name: str, config: Any, data_dir: Path, run_dir: Path, cpus: int, *, offset: float = 0.0
+) -> Side:
+    """One ``run_search``, timed from before the call (``offset`` seconds early)."""
+    from tuning.search import run_search
+
+    logger.info("%s search (run_search, asha_time_attr=%s)...", name, config.asha.asha_time_attr)
+    started_wall, started = time.time(), time.perf_counter()
+    result = run_search(config, data_dir, run_dir, num_cpus=cpus, progress=False)
+    seconds = time.perf_counter() - started + offset
+    rows = [reported_epochs(Path(trial.path)) for trial in result.trials]
+    return Side(
+        name=name,
+        asha_time_attr=config.asha.asha_time_attr,
+        cache="warm" if offset else "cold",
+        seconds=seconds,
+        clock_offset_s=offset,
+        trials=[
+            {
+                "trial": trial.trial_id,
+                "val_accuracy": trial.val_accuracy,
+                "epochs": trial.epochs,
+                "hyperparameters": trial.hyperparameters.to_dict(),
+                "error": trial.error,
+            }
+            for trial in result.trials
+        ],
+        curve=side_curve(rows, started_wall, offset),
+        first_epochs=first_epochs(rows, started_wall, offset),
     )
 
 
@@ -169,12 +493,29 @@ def naive_trainable(config: dict[str, Any], *, data: dict[str, Any], setup: Any)
                 "val_loss": validation["loss"],
                 METRIC: validation["accuracy"],
                 "phase": 1 if epoch < phase_one else 2,
+                # Training and validation of this epoch: one uncached epoch.
                 "epoch_seconds": time.perf_counter() - started,
             }
         )
 
 
-def run_naive(config: Any, data_dir: Path, run_dir: Path, cpus: int) -> dict[str, Any]:
+def decode_images(config: Any, data_dir: Path) -> dict[str, Any]:
+    """The training and validation images, decoded once and shared with every naive trial."""
+    from core.data import load_images, scan_dataset
+
+    index = scan_dataset(data_dir, config.features.validation_fraction, config.seed)
+    train = load_images(index.splits["train"], config.features.image_size)
+    validation = load_images(index.splits["validation"], config.features.image_size)
+    return {
+        "train": train.images,
+        "train_labels": train.labels,
+        "validation": validation.images,
+        "validation_labels": validation.labels,
+        "class_names": index.class_names,
+    }
+
+
+def run_naive(config: Any, data_dir: Path, run_dir: Path, cpus: int) -> Side:
     """The naive search, with the same searcher, scheduler and resources as run_search."""
     from cluster import connect, prefer_loopback, shutdown
 
@@ -183,28 +524,18 @@ def run_naive(config: Any, data_dir: Path, run_dir: Path, cpus: int) -> dict[str
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from core.data import load_images, scan_dataset
     from core.hyperparameters import Hyperparameters
     from search_spaces import load_space, to_optuna
     from tuning.samplers import make_sampler
 
-    features, schedule = config.features, config.schedule
-    started = time.perf_counter()
-    index = scan_dataset(data_dir, features.validation_fraction, config.seed)
-    train = load_images(index.splits["train"], features.image_size)
-    validation = load_images(index.splits["validation"], features.image_size)
-    data = {
-        "train": train.images,
-        "train_labels": train.labels,
-        "validation": validation.images,
-        "validation_labels": validation.labels,
-        "class_names": index.class_names,
-    }
-    setup = config.training_setup()
+    logger.info("naive search (full VGG16 on the images every epoch)...")
+    schedule, asha = config.schedule, config.asha
+    started_wall, started = time.time(), time.perf_counter()
+    data = decode_images(config, data_dir)
     info = connect(None, num_cpus=cpus, include_dashboard=False)
     try:
         trainable = tune.with_resources(
-            tune.with_parameters(naive_trainable, data=data, setup=setup),
+            tune.with_parameters(naive_trainable, data=data, setup=config.training_setup()),
             {"cpu": config.resources.cpus_per_trial},
         )
         tuner = tune.Tuner(
@@ -221,48 +552,276 @@ def run_naive(config: Any, data_dir: Path, run_dir: Path, cpus: int) -> dict[str
                 scheduler=ASHAScheduler(
                     time_attr="training_iteration",
                     max_t=schedule.max_epochs,
-                    grace_period=config.asha.grace_period,
-                    reduction_factor=config.asha.reduction_factor,
+                    grace_period=asha.grace_period,
+                    reduction_factor=asha.reduction_factor,
                 ),
                 num_samples=schedule.num_samples,
                 max_concurrent_trials=config.resources.max_concurrent_trials or None,
             ),
             run_config=tune.RunConfig(name="naive", storage_path=str(run_dir), verbose=0),
         )
-        fit_started = time.perf_counter()
         grid = tuner.fit()
-        fit_seconds = time.perf_counter() - fit_started
     finally:
         shutdown(info)
     seconds = time.perf_counter() - started
-    trials = []
-    for i in range(len(grid)):
-        result = grid[i]
-        metrics = result.metrics or {}
-        trials.append(
+    results = [grid[i] for i in range(len(grid))]
+    rows = [reported_epochs(Path(result.path)) for result in results]
+    return Side(
+        name=NAIVE,
+        asha_time_attr="epochs",
+        cache="none",
+        seconds=seconds,
+        clock_offset_s=0.0,
+        trials=[
             {
-                "val_accuracy": metrics.get(METRIC),
-                "epochs": metrics.get("training_iteration"),
-                "hyperparameters": Hyperparameters.from_mapping(result.config).to_dict(),
+                "trial": Path(result.path).name,
+                "val_accuracy": (result.metrics or {}).get(METRIC),
+                "epochs": (result.metrics or {}).get("training_iteration"),
+                "hyperparameters": Hyperparameters.from_mapping(result.config or {}).to_dict(),
                 "error": str(result.error) if result.error else None,
             }
-        )
-    return {"seconds": seconds, "tuner_fit_seconds": fit_seconds, "trials": trials}
+            for result in results
+        ],
+        curve=side_curve(rows, started_wall),
+        first_epochs=first_epochs(rows, started_wall),
+    )
 
 
-def summarize(side: str, seconds: float, trials: list[dict[str, Any]]) -> dict[str, Any]:
-    scored = [t for t in trials if t["val_accuracy"] is not None]
-    best = max(scored, key=lambda t: t["val_accuracy"]) if scored else None
-    return {
-        "side": side,
-        "seconds": seconds,
-        "trials": len(trials),
-        "errors": sum(1 for t in trials if t.get("error")),
-        "epochs_trained": sum(int(t["epochs"] or 0) for t in trials),
-        "best_val_accuracy": best["val_accuracy"] if best else None,
-        "best_hyperparameters": best["hyperparameters"] if best else None,
-        "trial_list": trials,
+def run_sides(args: argparse.Namespace, root: Path) -> dict[str, Side]:
+    """The three searches on one synthetic data set, in the order cached, naive, cached-cost."""
+    from core.demo_data import make_demo_data
+
+    data_dir = root / "data"
+    make_demo_data(data_dir, classes=args.classes, per_class=args.per_class, size=args.size)
+    config = search_config(args, root / "cache")
+    cached = run_cached(CACHED, config, data_dir, root / CACHED, args.cpus)
+    cached.extraction = extraction_record(root / "cache")
+    naive = run_naive(config, data_dir, root / NAIVE, args.cpus)
+    cost = run_cached(
+        COST,
+        config.replace(asha_time_attr="cost"),
+        data_dir,
+        root / COST,
+        args.cpus,
+        offset=cached.extraction["seconds"],
+    )
+    return {side.name: side for side in (cached, naive, cost)}
+
+
+# The comparison
+
+
+def compare_sides(
+    sides: Mapping[str, Side], *, target: float | None = None, time_points: int = 4
+) -> dict[str, Any]:
+    """Time to target, best at equal wall time, and the ratios the issue asks for.
+
+    Args:
+        sides: ``cached``, ``naive`` and ``cached-cost``.
+        target: The accuracy to reach (None: the naive search's best).
+        time_points: Times of the equal-time comparison, evenly spaced up to
+            the shortest side's wall time.
+
+    Returns:
+        ``compare_curves``'s result (reference ``cached``) with ``ratios``:
+        naive / cached time to target, cached / cached-cost time to target and
+        wall time; and ``first_epoch``: the cached search's first report, one
+        uncached epoch, their ratio.
+    """
+    naive_best = sides[NAIVE].best_val_accuracy
+    goal = target if target is not None else naive_best
+    end = min(side.seconds for side in sides.values())
+    comparison = compare_curves(
+        {name: side.curve for name, side in sides.items()},
+        CACHED,
+        end=end,
+        samples=time_points,
+        target=goal,
+    )
+    reached = {name: comparison["sides"][name]["time_to_target"] for name in sides}
+    comparison["target_source"] = "--target" if target is not None else "naive search's best"
+    comparison["ratios"] = {
+        "naive_over_cached_time_to_target": ratio(reached[NAIVE], reached[CACHED]),
+        "naive_over_cached_wall": ratio(sides[NAIVE].seconds, sides[CACHED].seconds),
+        "epochs_over_cost_time_to_target": ratio(reached[CACHED], reached[COST]),
+        "epochs_over_cost_wall": ratio(sides[CACHED].seconds, sides[COST].seconds),
     }
+    comparison["first_epoch"] = first_epoch_comparison(sides[CACHED], sides[NAIVE])
+    # What the cold cache held the first trial back by, against the warm one: the
+    # plain pass the cache records, and what it does not (the extraction task's
+    # start-up), plus the noise between two runs.
+    cold, warm = sides[CACHED].before_first_trial_s, sides[COST].before_first_trial_s
+    comparison["cold_cache_delay_s"] = (
+        cold - warm if cold is not None and warm is not None else None
+    )
+    comparison["configurations_in_common"] = configurations_in_common(
+        [trial["hyperparameters"] for trial in sides[CACHED].trials],
+        [trial["hyperparameters"] for trial in sides[NAIVE].trials],
+    )
+    return comparison
+
+
+def first_epoch_comparison(cached: Side, naive: Side) -> dict[str, Any]:
+    """The cached search's first epoch (from its start) against one uncached epoch."""
+    uncached = [first["epoch_seconds"] for first in naive.first_epochs if first["epoch_seconds"]]
+    epoch = uncached[0] if uncached else None
+    trial = cached.first_epochs[0] if cached.first_epochs else {}
+    return {
+        "cached_first_report_s": cached.first_report_s,
+        # Where the cached search's wait went: before its first trial's trainable
+        # started (Ray, the plan, the plain features, Tune, the trial's process),
+        # then in that trial (start-up, mostly importing TensorFlow, then the epoch).
+        "cached_before_first_trial_s": cached.before_first_trial_s,
+        "cached_first_trial_s": trial.get("time_total_s"),
+        "cached_first_trial_startup_s": trial.get("startup_total_s"),
+        "cached_first_epoch_s": trial.get("epoch_seconds"),
+        "uncached_epoch_s": epoch,
+        "uncached_epoch_median_s": statistics.median(uncached) if uncached else None,
+        "naive_first_report_s": naive.first_report_s,
+        "ratio": ratio(cached.first_report_s, epoch),
+        "goal": FIRST_EPOCH_GOAL,
+    }
+
+
+# Rendering
+
+
+SIDE_HEADER = (
+    "search",
+    "ASHA time",
+    "cache",
+    "wall s (with extraction)",
+    "trials",
+    "epochs trained",
+    "first epoch at s",
+    "time to target s",
+    "best val accuracy (any epoch)",
+    "best trial (last epoch)",
+)
+
+
+def side_rows(sides: Mapping[str, Side], comparison: Mapping[str, Any]) -> list[list[str]]:
+    rows = []
+    for name, side in sides.items():
+        cache = side.cache
+        reached = comparison["sides"][name]["time_to_target"]
+        time_to_target = format_seconds(reached) if reached is not None else None
+        if side.clock_offset_s:
+            cache += f" (+{side.clock_offset_s:.1f} s extraction)"
+        rows.append(
+            [
+                name,
+                side.asha_time_attr,
+                cache,
+                format_seconds(side.seconds),
+                f"{len(side.trials)}" + (f" ({side.errors} errors)" if side.errors else ""),
+                str(side.epochs_trained),
+                format_seconds(side.first_report_s),
+                time_to_target if time_to_target is not None else "not reached",
+                format_accuracy(side.best_val_accuracy),
+                format_accuracy(side.best_last_epoch),
+            ]
+        )
+    return rows
+
+
+def equal_time_rows(comparison: Mapping[str, Any], names: Sequence[str]) -> list[list[str]]:
+    return [
+        [f"{point['seconds']:.0f}", *(format_accuracy(point["best"][name]) for name in names)]
+        for point in comparison["points"]
+    ]
+
+
+def summary_lines(
+    sides: Mapping[str, Side], comparison: Mapping[str, Any], markdown: bool
+) -> list[str]:
+    """The ratios and what they are measured against, one sentence each."""
+    bold = "**" if markdown else ""
+    ratios, first = comparison["ratios"], comparison["first_epoch"]
+    speedup = ratios["naive_over_cached_time_to_target"]
+    extraction = sides[CACHED].extraction
+    reached = {name: comparison["sides"][name]["time_to_target"] for name in sides}
+    missed = [name for name, seconds in reached.items() if seconds is None]
+    end = comparison["end"]
+    lines = [
+        f"Target: validation accuracy {comparison['target']:.3f} ({comparison['target_source']})"
+        + (f"; not reached by {', '.join(missed)}" if missed else "")
+        + ".",
+        f"Time to target, naive / cached: {bold}{format_ratio(speedup)}{bold} "
+        f"(goal ≥ {TIME_TO_TARGET_GOAL:g}×: "
+        f"{verdict(speedup, TIME_TO_TARGET_GOAL, at_least=True)}); wall time of the whole "
+        f"search, naive / cached: {format_ratio(ratios['naive_over_cached_wall'])}.",
+        "ASHA in cost against epochs (cached / cached-cost, above 1: cost is faster): time to "
+        f"target {format_ratio(ratios['epochs_over_cost_time_to_target'])}, wall time "
+        f"{format_ratio(ratios['epochs_over_cost_wall'])}; best at {end:.0f} s: "
+        f"epochs {format_accuracy(best_at(sides[CACHED].curve, end))}, "
+        f"cost {format_accuracy(best_at(sides[COST].curve, end))}.",
+        f"First epoch (item 3): the cached search reported its first epoch "
+        f"{format_seconds(first['cached_first_report_s'])} s after it started; one uncached "
+        f"epoch (the naive search's first trial's first epoch, training and validation) took "
+        f"{format_seconds(first['uncached_epoch_s'])} s (median of the naive trials' first "
+        f"epochs {format_seconds(first['uncached_epoch_median_s'])} s): "
+        f"{bold}{format_ratio(first['ratio'])}{bold} (goal ≤ {FIRST_EPOCH_GOAL:g}×: "
+        f"{verdict(first['ratio'], FIRST_EPOCH_GOAL, at_least=False)}). Of the cached "
+        f"search's wait, {format_seconds(first['cached_before_first_trial_s'])} s came before "
+        "its first trial's trainable started (Ray's start, the cache plan, the plain "
+        "features' extraction, Tune's and the trial process's start) and "
+        f"{format_seconds(first['cached_first_trial_s'])} s in that trial (start-up "
+        f"{format_seconds(first['cached_first_trial_startup_s'])} s, its epoch "
+        f"{format_seconds(first['cached_first_epoch_s'])} s). The naive search reported its "
+        f"first epoch at {format_seconds(first['naive_first_report_s'])} s.",
+        f"Extraction in the cached search: {extraction['seconds']:.1f} s as the cache recorded "
+        f"it (plain pass {extraction['plain_pass_seconds']:.1f} s before the first trial, "
+        f"{extraction['view_passes']} view passes {extraction['view_passes_seconds']:.1f} s "
+        f"while trials ran; {extraction['entries_built']} entries). cached-cost ran on that "
+        "warm cache, its clock started that many seconds early. Its first trial began "
+        f"{format_seconds(comparison['cold_cache_delay_s'])} s sooner into its own run than "
+        "cached's did: what the cold cache held the first trial back by, the recorded plain "
+        "pass and what the cache does not record (the extraction task's start-up: a "
+        "TensorFlow import and a backbone build), plus noise.",
+        "Times are Ray Tune's result.json timestamps (whole seconds, +-0.5 s) less each "
+        "search's start; sampled configurations shared by cached and naive: "
+        f"{comparison['configurations_in_common']} of {len(sides[CACHED].trials)} (ASHA's stops "
+        "and TPE's later picks depend on each side's results).",
+    ]
+    return lines
+
+
+def settings_line(args: argparse.Namespace) -> str:
+    return (
+        f"VGG16 (random init) at {args.size} px, {args.classes} classes × {args.per_class} "
+        f"training images ({args.classes * max(2, args.per_class // 2)} validation), space "
+        f"`{args.space}`, {args.samples} trials, max {args.epochs} epochs (head "
+        f"{args.head_epochs}, ASHA grace {args.grace_period}, reduction factor "
+        f"{args.reduction_factor}), TPE seed {SEED}, {args.concurrent} concurrent trials of 1 CPU "
+        f"on {args.cpus}, {args.views} views per strength, {args.dtype}"
+    )
+
+
+def render(
+    args: argparse.Namespace,
+    sides: Mapping[str, Side],
+    comparison: Mapping[str, Any],
+    machine: Mapping[str, Any],
+    *,
+    markdown: bool,
+) -> str:
+    """The report: settings, the side-by-side table, equal-time bests, ratios, the command."""
+    table = markdown_table if markdown else text_table
+    names = list(sides)
+    equal_header = ("at s", *(f"best {name}" for name in names))
+    lines = summary_lines(sides, comparison, markdown)
+    command = command_line(args)
+    parts = [
+        f"{settings_line(args)}; {machine_line(dict(machine))}.",
+        table(SIDE_HEADER, side_rows(sides, comparison)),
+        "Best validation accuracy so far at equal wall time (the last row is the shortest "
+        "search's end):",
+        table(equal_header, equal_time_rows(comparison, names)),
+        "\n".join(f"- {line}" if markdown else line for line in lines),
+        f"Reproduce: `{command}`" if markdown else f"Reproduce: {command}",
+    ]
+    return "\n\n".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -271,106 +830,27 @@ def main(argv: list[str] | None = None) -> int:
     from cluster import prefer_loopback
 
     prefer_loopback()  # before anything imports ray, as the CLI does
-    from core.demo_data import make_demo_data
-    from core.features import FeatureCache
-    from tuning.search import run_search
-
     machine = machine_info(tensorflow=False)
     with tempfile.TemporaryDirectory(prefix="bottletune-bench-search-") as scratch:
-        root = Path(scratch)
-        make_demo_data(root / "data", classes=2, per_class=args.per_class, size=args.size)
-        config = search_config(args, root / "cache")
-        logger.info("cached search (run_search, empty cache)...")
-        started = time.perf_counter()
-        result = run_search(
-            config, root / "data", root / "cached", num_cpus=args.cpus, progress=False
-        )
-        cached_seconds = time.perf_counter() - started
-        cached = summarize(
-            "cached",
-            cached_seconds,
-            [
-                {
-                    "val_accuracy": t.val_accuracy,
-                    "epochs": t.epochs,
-                    "hyperparameters": t.hyperparameters.to_dict(),
-                    "error": t.error,
-                }
-                for t in result.trials
-            ],
-        )
-        builds = FeatureCache(root / "cache").builds()
-        # Every entry of one forward pass records that pass's time: count each pass once.
-        passes = {(b["augmentation"], b["view"]): b["seconds"] for b in builds}
-        cached["extraction_seconds"] = sum(passes.values())
-        cached["extraction_passes"] = len(passes)
-        cached["cache_entries_built"] = len(builds)
-        # Tuner.fit's seconds, as results.json holds them.
-        cached["tuner_fit_seconds"] = result.summary.seconds
-        logger.info("naive search (full VGG16 per epoch)...")
-        naive_run = run_naive(config, root / "data", root / "naive", args.cpus)
-        naive = summarize("naive", naive_run["seconds"], naive_run["trials"])
-        naive["tuner_fit_seconds"] = naive_run["tuner_fit_seconds"]
-    same = sorted(map(str, (t["hyperparameters"] for t in cached["trial_list"]))) == sorted(
-        map(str, (t["hyperparameters"] for t in naive["trial_list"]))
-    )
-    ratio = naive["seconds"] / cached["seconds"]
-    header = (
-        "search",
-        "wall s",
-        "of which Tuner.fit s",
-        "trials",
-        "epochs trained",
-        "best val accuracy",
-    )
-    cells = [
-        (
-            s["side"],
-            f"{s['seconds']:.1f}",
-            f"{s['tuner_fit_seconds']:.1f}",
-            f"{s['trials']}" + (f" ({s['errors']} errors)" if s["errors"] else ""),
-            str(s["epochs_trained"]),
-            f"{s['best_val_accuracy']:.3f}" if s["best_val_accuracy"] is not None else "-",
-        )
-        for s in (cached, naive)
-    ]
-    settings_line = (
-        f"VGG16 (random init) at {args.size} px, {2 * args.per_class} training images, space "
-        f"`{args.space}`, {args.samples} trials, max {args.epochs} epochs "
-        f"(head {args.head_epochs}, ASHA grace {args.grace_period}), TPE seed {SEED}, "
-        f"{args.concurrent} concurrent trials "
-        f"of 1 CPU, {args.views} views per strength, {args.dtype}"
-    )
-    verdict = (
-        f"Wall-time ratio naive / cached: **{ratio:.2f}×** (cached time includes "
-        f"{cached['extraction_seconds']:.1f} s building {cached['cache_entries_built']} cache "
-        f"entries in {cached['extraction_passes']} forward passes). Sampled configurations "
-        f"identical on both sides: {'yes' if same else 'no'} "
-        "(ASHA's stops depend on each side's results)."
-    )
+        sides = run_sides(args, Path(scratch))
+    comparison = compare_sides(sides, target=args.target, time_points=args.time_points)
     print()
-    print(settings_line)
-    print(text_table(header, cells))
-    print(verdict.replace("**", ""))
+    print(render(args, sides, comparison, machine, markdown=False).replace("`", ""))
     print()
-    results = {
-        "benchmark": "search",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "settings": {k: v for k, v in vars(args).items() if k != "out"},
-        "machine": {**machine, "load_average_after": load_average()},
-        "cached": cached,
-        "naive": naive,
-        "ratio": ratio,
-        "same_configurations": same,
-    }
-    write_results(args.out, results)
+    write_results(
+        args.out,
+        {
+            "benchmark": "search",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": command_line(args),
+            "settings": {k: v for k, v in vars(args).items() if k != "out"},
+            "machine": {**machine, "load_average_after": load_average()},
+            "sides": {name: side.to_dict() for name, side in sides.items()},
+            "comparison": comparison,
+        },
+    )
     if not args.no_doc:
-        update_doc_section(
-            "search",
-            f"{settings_line}; {machine_line(machine)}.\n\n"
-            + markdown_table(header, cells)
-            + f"\n\n{verdict}",
-        )
+        update_doc_section("search", render(args, sides, comparison, machine, markdown=True))
     return 0
 
 

@@ -31,6 +31,7 @@ BENCHMARKS: tuple[str, ...] = (
     "memory",
     "dtype",
     "search",
+    "startup",
 )
 """Modules of ``bench`` run by ``main``, in order."""
 
@@ -41,6 +42,7 @@ RECIPE_SCALE: dict[str, list[str]] = {
     "memory": ["--size", "150", "--train", "2000", "--validation", "800"],
     "dtype": ["--size", "150", "--classes", "2", "--per-class", "1000"],
     "search": ["--size", "150", "--per-class", "1000", "--samples", "16", "--epochs", "10"],
+    "startup": ["--size", "150", "--per-class", "1000", "--samples", "16", "--epochs", "10"],
 }
 """Each benchmark's flags for the write-up's setup (``--recipe-scale``)."""
 

@@ -25,7 +25,6 @@ Validation is never augmented and always reads the cached features.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import math
@@ -563,14 +562,14 @@ class RecipeTrainer:
         if self._closed:
             return
         self._closed = True
+        forget_custom_gradients(self._gradients_before)
         self.frozen_models.clear()
         self.finetune_model = None
         self.backbone_model = None
         del self.head
-        keras.backend.clear_session()
-        forget_custom_gradients(self._gradients_before)
-        # Keras models are reference cycles: collected now, not at some later trial.
-        gc.collect()
+        # Keras models are reference cycles: clear_session collects them now (one
+        # full gc.collect, about 0.3 s with TensorFlow loaded), not at some later trial.
+        keras.backend.clear_session(free_memory=True)
 
     def _require_open(self) -> None:
         if self._closed:

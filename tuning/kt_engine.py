@@ -467,22 +467,26 @@ def _recipe_tuner_class() -> type[Any]:
             setup = dataclasses.replace(self.setup, epochs=target, planned_epochs=self.setup.epochs)
             hparams = Hyperparameters.from_mapping(active_values(trial.hyperparameters))
             trainer = RecipeTrainer(hparams, setup, self.bundle)  # clears the Keras session
-            parent = values.get("tuner/trial_id")
-            if parent is not None:
-                trainer.restore(self.trainer_dir(parent))
-                if trainer.epoch != initial:
-                    raise RuntimeError(
-                        f"trial {parent} saved its trainer after epoch {trainer.epoch}, but "
-                        f"Hyperband continues it from epoch {initial}"
-                    )
-            while not trainer.done:
-                trainer.train_epoch()
-                # Kept after every epoch: a trial that fails later still shows its epochs.
-                self.histories[trial.trial_id] = list(trainer.history)
-            trainer.save(self.trainer_dir(trial.trial_id))
+            try:
+                parent = values.get("tuner/trial_id")
+                if parent is not None:
+                    trainer.restore(self.trainer_dir(parent))
+                    if trainer.epoch != initial:
+                        raise RuntimeError(
+                            f"trial {parent} saved its trainer after epoch {trainer.epoch}, "
+                            f"but Hyperband continues it from epoch {initial}"
+                        )
+                while not trainer.done:
+                    trainer.train_epoch()
+                    # Kept after every epoch: a trial that fails later still shows its epochs.
+                    self.histories[trial.trial_id] = list(trainer.history)
+                trainer.save(self.trainer_dir(trial.trial_id))
+                rows = trainer.history[initial:]
+            finally:
+                # All trials run in this process: each frees what its training traced.
+                trainer.close()
             # The epochs this trial trained, to the oracle, as model.fit reports them.
             history = keras.callbacks.History()
-            rows = trainer.history[initial:]
             history.history = {name: [row[name] for row in rows] for name in FIT_METRICS}
             return history
 

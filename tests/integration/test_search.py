@@ -63,6 +63,11 @@ def trial_pids(trial_dir: Path) -> set[int]:
     return {json.loads(line)["pid"] for line in lines if line.strip()}
 
 
+def first_report(trial_dir: Path) -> dict[str, Any]:
+    """The first line of a trial's result.json: it carries the trial's start-up and process."""
+    return dict(json.loads((trial_dir / "result.json").read_text().splitlines()[0]))
+
+
 def wait_until_exited(pids: set[int], timeout_s: float = 30.0) -> bool:
     """Whether every process in ``pids`` has exited within the timeout (Ray reaps actors async)."""
     import time
@@ -120,12 +125,24 @@ def test_search_computes_features_once_and_a_second_search_reuses_them(
     )
     stopped = [t for t in first.trials if t.status == "stopped_early"]
     assert all(t.epochs < config.schedule.max_epochs for t in stopped)
-    # Every trial ran in a process of its own, which is gone once the trial ended
-    # (stopped by ASHA or not): its TensorFlow and GPU memory went with it.
+    # Ray Tune reused trial processes (reuse_actors): the trials of one process
+    # ran one after another, with the process's TensorFlow threads, each after
+    # the one before it had freed its models (stopped by ASHA or not). Once the
+    # search ended, every trial process was gone, its TensorFlow and GPU memory too.
     pids = {trial.trial_id: trial_pids(Path(trial.path)) for trial in first.trials}
     assert all(len(p) == 1 for p in pids.values()), pids
-    assert len({p for ps in pids.values() for p in ps}) == len(first.trials)
-    assert wait_until_exited({p for ps in pids.values() for p in ps}), "a trial process lives on"
+    by_process: dict[int, list[dict[str, Any]]] = {}
+    for trial in first.trials:
+        (pid,) = pids[trial.trial_id]
+        by_process.setdefault(pid, []).append(first_report(Path(trial.path)))
+    assert len(by_process) < len(first.trials), "no trial process ran a second trial"
+    for reports in by_process.values():
+        order = sorted(report["process_trial"] for report in reports)
+        assert order == list(range(1, len(reports) + 1)), "trials overlapped in one process"
+        for report in reports:
+            assert (report["intra_op_threads"], report["inter_op_threads"]) == (1, 1)
+            assert ("previous_close_s" in report) == (report["process_trial"] > 1)
+    assert wait_until_exited(set(by_process)), "a trial process lives on"
     depths = {t.hyperparameters.unfreeze_blocks for t in first.trials}
     assert depths <= {0, 1, 2}
     # Augmented and plain trials both trained, on the same shared entries.

@@ -41,7 +41,18 @@ RECIPE_SCALE: dict[str, list[str]] = {
     "extraction": ["--size", "150", "--per-class", "1000"],
     "memory": ["--size", "150", "--train", "2000", "--validation", "800"],
     "dtype": ["--size", "150", "--classes", "2", "--per-class", "1000"],
-    "search": ["--size", "150", "--per-class", "1000", "--samples", "16", "--epochs", "10"],
+    "search": [
+        "--size",
+        "150",
+        "--classes",
+        "2",
+        "--per-class",
+        "1000",
+        "--samples",
+        "16",
+        "--epochs",
+        "10",
+    ],  # fmt: skip
     "startup": ["--size", "150", "--per-class", "1000", "--samples", "16", "--epochs", "10"],
 }
 """Each benchmark's flags for the write-up's setup (``--recipe-scale``)."""

@@ -90,11 +90,16 @@ def recipe_trainable(
     """Trains one configuration, reporting metrics and a checkpoint every epoch.
 
     The trial fetches from the object store only the cached entries its own
-    hyperparameters use; nothing here runs the frozen blocks, not even for
-    augmented trials (they train on cached views).
+    hyperparameters use (waiting for any still being built); augmented trials
+    train on cached views, or augment afresh where the cache plan chose that.
     """
     global _trials_in_process, _last_close_seconds
     _trials_in_process += 1
+    # Ray Tune reuses this process for a next trial only once this trial's
+    # thread has ended; it waits TUNE_FUNCTION_THREAD_TIMEOUT_S (2 s by
+    # default) and otherwise fails the NEXT trial. Ending a trial (its last
+    # report, freeing its models) took longer than 2 s on a loaded machine.
+    os.environ.setdefault(THREAD_TIMEOUT_ENV, REUSE_WAIT_S)
     clock = StartupClock()
     if _trials_in_process == 1:
         clock.seconds["process"] = process_age_seconds()
@@ -155,6 +160,8 @@ def _first_report(clock: StartupClock) -> dict[str, Any]:
     }
     if _last_close_seconds is not None:
         report["previous_close_s"] = _last_close_seconds
+    # What Ray Tune's reset_config will read in this process (see THREAD_TIMEOUT_ENV).
+    report["reuse_wait_s"] = float(os.environ[THREAD_TIMEOUT_ENV])
     report["intra_op_threads"], report["inter_op_threads"] = tensorflow_threads()
     return report
 
@@ -179,6 +186,10 @@ def resident_memory_mb() -> float:
         return 0.0
     return resident_pages * os.sysconf("SC_PAGE_SIZE") / 1e6
 
+
+THREAD_TIMEOUT_ENV = "TUNE_FUNCTION_THREAD_TIMEOUT_S"
+REUSE_WAIT_S = "300"
+"""Seconds Ray Tune waits for a trial's thread to end before reusing its process."""
 
 CRASH_MARKER_ENV = "BOTTLETUNE_TEST_CRASH_MARKER"
 CRASH_EPOCH_ENV = "BOTTLETUNE_TEST_CRASH_EPOCH"

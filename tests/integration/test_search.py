@@ -14,6 +14,7 @@ from search_spaces import SpaceError
 from tuning.config import SearchConfig, load_config
 from tuning.run_dir import RunDirError, SearchSummary
 from tuning.search import run_search
+from tuning.trainable import REUSE_WAIT_S
 
 pytestmark = pytest.mark.integration
 
@@ -142,6 +143,8 @@ def test_search_computes_features_once_and_a_second_search_reuses_them(
         for report in reports:
             assert (report["intra_op_threads"], report["inter_op_threads"]) == (1, 1)
             assert ("previous_close_s" in report) == (report["process_trial"] > 1)
+            # Ray Tune waits this long for a trial to end before reusing its process.
+            assert report["reuse_wait_s"] == float(REUSE_WAIT_S) > 2
     assert wait_until_exited(set(by_process)), "a trial process lives on"
     depths = {t.hyperparameters.unfreeze_blocks for t in first.trials}
     assert depths <= {0, 1, 2}

@@ -60,9 +60,12 @@ def test_defaults_fit_a_16_gb_object_store_at_the_recipes_size(vgg16_150, tmp_pa
     assert budget == int(store * BUDGET_SHARE_OF_STORE)
     assert plan.nbytes <= budget < store
     # Without the plan the space wants 41 GB (bench/entry_sizes.py).
-    assert plan_cache(
-        request, vgg16_150, train_images=2000, validation_images=800, budget_bytes=10**15
-    ).nbytes > 18 * GB
+    assert (
+        plan_cache(
+            request, vgg16_150, train_images=2000, validation_images=800, budget_bytes=10**15
+        ).nbytes
+        > 18 * GB
+    )
     # Nothing the space searches is dropped: every strength at every cut has a source.
     strengths = {(e.cut, e.strength) for e in plan.entries if e.strength}
     assert strengths == {(c, s) for c in request.cuts for s in request.augmentations}

@@ -170,6 +170,7 @@ def build_views_while_trials_run(
     validation_fraction: float,
     seed: int,
     gpus_per_trial: float,
+    first: tuple[float, ...] = (),
 ) -> ViewBuild:
     """Starts building the missing views of ``request`` in an actor; returns at once.
 
@@ -182,6 +183,10 @@ def build_views_while_trials_run(
     last call; the entries stay in the object store (the driver owns them).
 
     Strengths already cached are not sent to the actor (the caller reads them).
+
+    Args:
+        first: Strengths to build first, in this order (those the search's first
+            trials ask for); the others follow, weakest first.
     """
     import ray
 
@@ -193,9 +198,9 @@ def build_views_while_trials_run(
     build = ViewBuild()
     for key in view_keys:
         (build.stats.misses if key in missing else build.stats.hits).append(key.name)
-    # Under a sampler's random start every strength is equally likely; the
-    # weakest first, as the recipe's advice ranks them.
-    strengths = tuple(sorted({key.augmentation for key in missing}))
+    wanted = sorted({key.augmentation for key in missing})
+    strengths = tuple(s for s in dict.fromkeys(first) if s in wanted)
+    strengths += tuple(s for s in wanted if s not in strengths)
     if not strengths:
         return build
     cuts = tuple(dict.fromkeys(key.cut for key in view_keys))

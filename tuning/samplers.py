@@ -94,3 +94,23 @@ _FACTORIES: dict[str, Callable[[int | None], optuna.samplers.BaseSampler]] = {
     "cmaes": _cmaes,
     "gp": _gp,
 }
+
+
+def first_suggestions(
+    name: str, seed: int | None, define: Callable[[optuna.trial.Trial], object], count: int
+) -> list[dict[str, object]]:
+    """What a fresh sampler ``name`` with ``seed`` suggests first, asked ``count`` times.
+
+    A dry run in a throwaway in-memory study, no trial told a value: the
+    search's own first trials, as long as they are asked before any is told
+    (with a seed, TPE's start-up trials are its random sampler's draws).
+    """
+    import optuna
+
+    study = optuna.create_study(sampler=make_sampler(name, seed))
+    suggestions = []
+    for _ in range(count):
+        trial = study.ask()
+        define(trial)
+        suggestions.append(dict(trial.params))
+    return suggestions

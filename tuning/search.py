@@ -17,7 +17,7 @@ from core.backbones import get_backbone
 from core.data import DatasetIndex, load_images, scan_dataset
 from core.features import CacheStats, FeatureCache, FeatureRequest
 from core.plan import CachePlan, Profiling, plan_for
-from search_spaces import SearchSpace, SpaceError, load_space
+from search_spaces import SearchSpace, SpaceError, load_space, to_optuna
 from tuning.config import SearchConfig
 from tuning.resume import SavedRun, check_resume, load_run
 from tuning.run_dir import (
@@ -30,7 +30,7 @@ from tuning.run_dir import (
     check_new_run_dir,
     start_run_dir,
 )
-from tuning.samplers import make_sampler
+from tuning.samplers import first_suggestions, make_sampler
 from tuning.tuner import (
     experiment_location,
     fit,
@@ -147,7 +147,9 @@ def run_search(
             # Only once the search can run: a refused one leaves RUN_DIR as it was.
             start_run_dir(run_dir, config, space, data_dir, index.fingerprint, experiment)
             plan.write(run_dir / PLAN_FILE)
-        shared, stats, built_by = prepare_features(config, index, request, plan, info, progress)
+        shared, stats, built_by = prepare_features(
+            config, index, request, space, plan, info, progress
+        )
         export_search_metrics(stats)
         install_grafana_dashboard()
         trainable = make_trainable(config, shared)
@@ -256,10 +258,24 @@ def plan_features(
     return plan
 
 
+def likely_strengths(config: SearchConfig, space: SearchSpace) -> tuple[float, ...]:
+    """The augmentation strengths the search's first trials will ask for, in that order.
+
+    From a dry run of the search's own seeded sampler over its first trials
+    (as many as run at once, and a few more), so that the views those trials
+    wait for are built first.
+    """
+    count = min(config.schedule.num_samples, 2 * max(1, config.resources.max_concurrent_trials) + 4)
+    suggestions = first_suggestions(config.searcher.sampler, config.seed, to_optuna(space), count)
+    picked = (float(s.get("augmentation", 0.0)) for s in suggestions)  # type: ignore[arg-type]
+    return tuple(dict.fromkeys(strength for strength in picked if strength > 0))
+
+
 def prepare_features(
     config: SearchConfig,
     index: DatasetIndex,
     request: FeatureRequest,
+    space: SearchSpace,
     plan: CachePlan,
     info: Any,
     progress: bool,
@@ -298,6 +314,7 @@ def prepare_features(
         validation_fraction=config.features.validation_fraction,
         seed=config.seed,
         gpus_per_trial=config.resources.gpus_per_trial,
+        first=likely_strengths(config, space),
     )
     cache = FeatureCache(config.cache_location)
     cached_strengths = tuple(s for s in request.augmentations if s not in views.order)

@@ -107,3 +107,21 @@ def test_same_seed_gives_the_same_trials(name: str) -> None:
     assert len(first) == 12
     assert first == _param_sequence(name, seed=3)
     assert first != _param_sequence(name, seed=4)
+
+
+def test_a_dry_run_predicts_the_searchs_first_trials() -> None:
+    """What the view builder's order rests on: Ray's OptunaSearch asks the same first trials."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tuning.samplers import first_suggestions
+
+    space = load_space("default")
+    for name in ("tpe", "random"):
+        predicted = first_suggestions(name, 3, to_optuna(space), 6)
+        searcher = OptunaSearch(
+            space=to_optuna(space), metric="val_accuracy", mode="max",
+            sampler=make_sampler(name, 3),
+        )  # fmt: skip
+        asked = [searcher.suggest(f"trial_{i}") for i in range(6)]
+        assert [p["augmentation"] for p in predicted] == [a["augmentation"] for a in asked]
+        assert predicted == [{k: a[k] for k in p} for p, a in zip(predicted, asked, strict=True)]

@@ -49,6 +49,26 @@ def add_output_flags(parser: argparse.ArgumentParser, name: str) -> None:
     )
 
 
+def command_line(
+    module: str, args: argparse.Namespace, flags: Sequence[str], default_out: Path
+) -> str:
+    """The command that reruns a benchmark with every setting in ``flags`` spelled out.
+
+    Unset (None) flags are left out, and so are ``--out`` at its default and ``--no-doc``
+    when off.
+    """
+    words = ["python", "-m", module]
+    for name in flags:
+        value = getattr(args, name)
+        if value is not None:
+            words += [f"--{name.replace('_', '-')}", str(value)]
+    if Path(args.out).absolute() != default_out.absolute():
+        words += ["--out", str(args.out)]
+    if args.no_doc:
+        words.append("--no-doc")
+    return " ".join(words)
+
+
 def load_average() -> list[float] | None:
     return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
 

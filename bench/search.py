@@ -66,6 +66,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import common
 from bench.common import (
     BACKBONE,
     RESULTS_DIR,
@@ -168,16 +169,7 @@ REPRODUCED_FLAGS = (
 
 def command_line(args: argparse.Namespace) -> str:
     """The command that reruns this benchmark with every setting spelled out."""
-    words = ["python", "-m", "bench.search"]
-    for name in REPRODUCED_FLAGS:
-        value = getattr(args, name)
-        if value is not None:
-            words += [f"--{name.replace('_', '-')}", str(value)]
-    if Path(args.out).absolute() != (RESULTS_DIR / "search.json").absolute():
-        words += ["--out", str(args.out)]
-    if args.no_doc:
-        words.append("--no-doc")
-    return " ".join(words)
+    return common.command_line("bench.search", args, REPRODUCED_FLAGS, RESULTS_DIR / "search.json")
 
 
 # Curves (pure: tests/unit/test_bench_search.py checks them on synthetic rows)

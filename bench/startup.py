@@ -49,6 +49,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import common
 from bench.common import (
     BACKBONE,
     RESULTS_DIR,
@@ -143,14 +144,9 @@ REPRODUCED_FLAGS = (
 
 def command_line(args: argparse.Namespace) -> str:
     """The command that reruns this benchmark with every setting spelled out."""
-    words = ["python", "-m", "bench.startup"]
-    for name in REPRODUCED_FLAGS:
-        words += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    if Path(args.out).absolute() != (RESULTS_DIR / "startup.json").absolute():
-        words += ["--out", str(args.out)]
-    if args.no_doc:
-        words.append("--no-doc")
-    return " ".join(words)
+    return common.command_line(
+        "bench.startup", args, REPRODUCED_FLAGS, RESULTS_DIR / "startup.json"
+    )
 
 
 # What the trials reported (pure: works on result.json rows)

@@ -455,6 +455,32 @@ class SearchSpace:
             )
         return [float(value) for value in values if value > 0]
 
+    def plain_values(self) -> dict[str, Any] | None:
+        """The values that put a trial on the plain top cut: no augmentation, head only.
+
+        Such a trial needs only the features built first, so it can start before any
+        augmented view exists. Only the parameters the space varies are named (a
+        parameter it leaves out, or fixes, is 0 already or rules the trial out).
+
+        Returns:
+            ``augmentation`` and ``unfreeze_blocks`` at 0, as the space spells 0, for
+            those it varies; None when no trial of this space can be plain.
+        """
+        defaults = Hyperparameters()
+        values: dict[str, Any] = {}
+        for name in ("augmentation", "unfreeze_blocks"):
+            parameter = self.get(name)
+            if parameter is None or parameter.kind == "fixed":
+                possible = self.possible_values(name, getattr(defaults, name))
+                if possible != [0]:  # 0.0 == 0
+                    return None
+                continue
+            zero = _zero_of(parameter) if self._can_be_active(parameter) else None
+            if zero is None:
+                return None
+            values[name] = zero
+        return values
+
     def validate_for_backbone(self, num_blocks: int, backbone: str) -> None:
         """Checks that no trial unfreezes more blocks than the backbone has.
 
@@ -543,3 +569,12 @@ def _check_condition(
         raise SpaceError.for_key(
             name, "when", text, f"{parent!r} is a number; compare it with a number"
         )
+
+
+def _zero_of(parameter: Parameter) -> Any:
+    """0 as ``parameter`` can take it (a choice that equals 0, or 0 in its range), else None."""
+    grid = parameter.values_grid()
+    if grid is None:
+        assert parameter.low is not None and parameter.high is not None
+        return 0.0 if parameter.low <= 0 <= parameter.high else None
+    return next((value for value in grid if value == 0), None)

@@ -239,6 +239,7 @@ class AshaSettings(_Group):
 
 
 ASHA_TIME_ATTRIBUTES = ("epochs", "cost")
+FIRST_TRIALS = ("plain", "sampled")
 """Values of ``asha_time_attr``."""
 
 
@@ -249,10 +250,16 @@ class SearcherSettings(_Group):
     Attributes:
         space: A search-space preset name or a YAML file.
         sampler: Optuna sampler: tpe, random, cmaes or gp.
+        first_trial: ``plain``: the first trial has no augmentation and trains
+            the head only (its other values sampled), so that it starts on the
+            features built first, while the views are built; ``sampled``: the
+            sampler chooses all of it. A warm start's first trial comes first
+            either way.
     """
 
     space: str = "default"
     sampler: str = "tpe"
+    first_trial: str = "plain"
 
     def validate(self) -> None:
         _require(
@@ -260,6 +267,12 @@ class SearcherSettings(_Group):
             "sampler",
             self.sampler,
             f"one of {', '.join(SAMPLER_NAMES)}",
+        )
+        _require(
+            self.first_trial in FIRST_TRIALS,
+            "first_trial",
+            self.first_trial,
+            f"one of {', '.join(FIRST_TRIALS)}",
         )
 
 

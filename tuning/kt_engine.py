@@ -150,6 +150,13 @@ def check_keras_tuner_config(config: SearchConfig) -> None:
             "is an Optuna sampler; engine=keras-tuner uses KerasTuner's kt_oracle instead",
         ),
         (
+            config.searcher.first_trial != searcher.first_trial,
+            "first_trial",
+            config.searcher.first_trial,
+            "sets the Optuna searcher's first trial; engine=keras-tuner builds no view while "
+            "trials run, and its kt_oracle chooses every trial",
+        ),
+        (
             resources.max_concurrent_trials > 1,
             "max_concurrent_trials",
             resources.max_concurrent_trials,

@@ -97,17 +97,28 @@ _FACTORIES: dict[str, Callable[[int | None], optuna.samplers.BaseSampler]] = {
 
 
 def first_suggestions(
-    name: str, seed: int | None, define: Callable[[optuna.trial.Trial], object], count: int
+    name: str,
+    seed: int | None,
+    define: Callable[[optuna.trial.Trial], object],
+    count: int,
+    opening: Callable[[optuna.Study], object] | None = None,
 ) -> list[dict[str, object]]:
     """What a fresh sampler ``name`` with ``seed`` suggests first, asked ``count`` times.
 
     A dry run in a throwaway in-memory study, no trial told a value: the
     search's own first trials, as long as they are asked before any is told
     (with a seed, TPE's start-up trials are its random sampler's draws).
+
+    Args:
+        opening: What the search does to its study before the first trial
+            (``tuning.tuner.opening``: a warm start's trials, an enqueued
+            first trial), done to the dry run's study too.
     """
     import optuna
 
     study = optuna.create_study(sampler=make_sampler(name, seed))
+    if opening is not None:
+        opening(study)
     suggestions = []
     for _ in range(count):
         trial = study.ask()

@@ -32,10 +32,12 @@ from tuning.run_dir import (
 )
 from tuning.samplers import first_suggestions, make_sampler
 from tuning.tuner import (
+    Opening,
     experiment_location,
     fit,
     make_trainable,
     new_tuner,
+    opening,
     refuse_existing_experiment,
     restore_tuner,
     summarize_trial,
@@ -130,6 +132,13 @@ def run_search(
     seeds = None
     if warm_start is not None:
         seeds = plan_warm_start(warm_start, config, space, index.fingerprint)
+    first = opening(config, space, seeds) if resume is None else None
+    if seeds is None and first is not None:
+        logger.info(
+            "first trial: %s (on the plain top cut, built first), its other values sampled; "
+            "first_trial: sampled lets the sampler choose it",
+            ", ".join(f"{name}={value}" for name, value in (space.plain_values() or {}).items()),
+        )
     sampler = make_sampler(config.searcher.sampler, config.seed) if resume is None else None
     request = config.feature_request(space)
     experiment = experiment_location(config, run_dir)
@@ -148,7 +157,7 @@ def run_search(
             start_run_dir(run_dir, config, space, data_dir, index.fingerprint, experiment)
             plan.write(run_dir / PLAN_FILE)
         shared, stats, built_by = prepare_features(
-            config, index, request, space, plan, info, progress
+            config, index, request, space, plan, info, progress, first
         )
         export_search_metrics(stats)
         install_grafana_dashboard()
@@ -161,7 +170,7 @@ def run_search(
                 run_dir,
                 sampler=sampler,
                 progress=progress,
-                warm_start=seeds,
+                opening=first,
             )
         else:
             tuner = restore_tuner(trainable, run_dir, resume.experiment)
@@ -258,15 +267,20 @@ def plan_features(
     return plan
 
 
-def likely_strengths(config: SearchConfig, space: SearchSpace) -> tuple[float, ...]:
+def likely_strengths(
+    config: SearchConfig, space: SearchSpace, first: Opening | None = None
+) -> tuple[float, ...]:
     """The augmentation strengths the search's first trials will ask for, in that order.
 
     From a dry run of the search's own seeded sampler over its first trials
-    (as many as run at once, and a few more), so that the views those trials
-    wait for are built first.
+    (as many as run at once, and a few more), its study opened as the search's
+    own is (``first``: see ``tuning.tuner.opening``), so that the views those
+    trials wait for are built first.
     """
     count = min(config.schedule.num_samples, 2 * max(1, config.resources.max_concurrent_trials) + 4)
-    suggestions = first_suggestions(config.searcher.sampler, config.seed, to_optuna(space), count)
+    suggestions = first_suggestions(
+        config.searcher.sampler, config.seed, to_optuna(space), count, opening=first
+    )
     picked = (float(s.get("augmentation", 0.0)) for s in suggestions)  # type: ignore[arg-type]
     return tuple(dict.fromkeys(strength for strength in picked if strength > 0))
 
@@ -279,6 +293,7 @@ def prepare_features(
     plan: CachePlan,
     info: Any,
     progress: bool,
+    first: Opening | None = None,
 ) -> tuple[Any, CacheStats, BuildSite | None]:
     """Builds the plain entries, shares them, and starts the views; returns before the views.
 
@@ -314,7 +329,7 @@ def prepare_features(
         validation_fraction=config.features.validation_fraction,
         seed=config.seed,
         gpus_per_trial=config.resources.gpus_per_trial,
-        first=likely_strengths(config, space),
+        first=likely_strengths(config, space, first),
     )
     cache = FeatureCache(config.cache_location)
     cached_strengths = tuple(s for s in request.augmentations if s not in views.order)

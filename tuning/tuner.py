@@ -12,8 +12,9 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.features import is_uri
 from core.hyperparameters import Hyperparameters
@@ -23,6 +24,9 @@ from tuning.resume import fail_orphaned_study_trials, trials_in_saved_experiment
 from tuning.run_dir import METRIC, MODE, STUDY_FILE, STUDY_NAME, TRIALS_DIR, TrialSummary
 from tuning.trainable import TrialContext, recipe_trainable
 from tuning.warm_start import WarmStart, seeded_trial_count
+
+if TYPE_CHECKING:
+    import optuna
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +110,54 @@ def make_trainable(config: SearchConfig, shared_features: Any) -> Any:
     )
 
 
+Opening = Callable[["optuna.Study"], object]
+"""What a new search does to its Optuna study before Tune asks for the first trial."""
+
+FIRST_TRIAL_ATTR = "bottletune_first_trial"
+"""User attribute of the trial that ``first_trial: plain`` enqueued."""
+
+
+def opening(
+    config: SearchConfig, space: SearchSpace, warm_start: WarmStart | None
+) -> Opening | None:
+    """How a new search's study starts: a warm start's trials, else a plain first trial.
+
+    With ``first_trial: plain`` (the default) and a space where a trial can be
+    plain (``SearchSpace.plain_values``), the first trial is enqueued with no
+    augmentation and ``unfreeze_blocks`` 0; the sampler fills in the rest. It
+    needs only the plain top cut, which is built before any trial, so it starts
+    while the views are still being built. A warm start's first trial (the
+    earlier best) comes first instead. The search's dry run of its sampler
+    (``tuning.samplers.first_suggestions``) does the same to its own study.
+
+    Returns:
+        A function of the new study, or None when the sampler chooses every trial.
+    """
+    if warm_start is not None:
+        return warm_start.seed
+    values = space.plain_values() if config.searcher.first_trial == "plain" else None
+    if not values:
+        return None
+
+    def enqueue_plain(study: optuna.Study) -> None:
+        if not study.trials:  # a study that holds trials has had its first
+            study.enqueue_trial(dict(values), user_attrs={FIRST_TRIAL_ATTR: "plain"})
+
+    return enqueue_plain
+
+
+def open_study(storage: Any, study_name: str = STUDY_NAME) -> optuna.Study:
+    """The search's study in ``storage``, created if missing."""
+    import optuna
+
+    return optuna.create_study(
+        storage=storage,
+        study_name=study_name,
+        direction="maximize" if MODE == "max" else "minimize",
+        load_if_exists=True,
+    )
+
+
 def new_tuner(
     trainable: Any,
     config: SearchConfig,
@@ -114,25 +166,27 @@ def new_tuner(
     *,
     sampler: Any,
     progress: bool,
-    warm_start: WarmStart | None = None,
+    opening: Opening | None = None,
     reuse_actors: bool = True,
 ) -> Any:
     """A new Tuner: Optuna's sampler (its study in ``RUN_DIR/optuna.journal``) and ASHA.
 
     The searcher is ``ResumableOptunaSearch``, so that a search whose driver
-    died while Tune saved it resumes (see ``tuning.resumable_search``). With
-    ``warm_start``, the study holds the earlier trials before the first trial.
+    died while Tune saved it resumes (see ``tuning.resumable_search``).
+
+    Args:
+        opening: Done to the new study before the first trial (see ``opening``).
     """
     from ray import tune
 
     from tuning.resumable_search import ResumableOptunaSearch
 
     storage = journal_storage(run_dir / STUDY_FILE)
-    if warm_start is not None:
+    if opening is not None:
         # Not OptunaSearch's points_to_evaluate/evaluated_rewards: with a
         # define-by-run space its add_evaluated_point raises TypeError. The
         # study is seeded here instead, and the searcher loads it as it is.
-        warm_start.seed_storage(storage, STUDY_NAME)
+        opening(open_study(storage))
     searcher = ResumableOptunaSearch(
         space=to_optuna(space),
         metric=METRIC,

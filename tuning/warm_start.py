@@ -264,18 +264,6 @@ class WarmStart:
         reasons = ", ".join(str(group) for group in self.skipped)
         return f"warm start: skipped {count} of {self.total} earlier trials: {reasons}"
 
-    def seed_storage(self, storage: Any, study_name: str) -> None:
-        """Seeds the study ``study_name`` in ``storage`` (created if missing), once."""
-        import optuna
-
-        study = optuna.create_study(
-            storage=storage,
-            study_name=study_name,
-            direction="maximize" if MODE == "max" else "minimize",
-            load_if_exists=True,
-        )
-        self.seed(study)
-
     def seed(self, study: optuna.Study) -> bool:
         """Adds the earlier trials to ``study`` and enqueues the one to evaluate first.
 

@@ -15,6 +15,7 @@ from tuning.config import SearchConfig, load_config
 from tuning.run_dir import RunDirError, SearchSummary
 from tuning.search import run_search
 from tuning.trainable import REUSE_WAIT_S
+from tuning.tuner import FIRST_TRIAL_ATTR
 
 pytestmark = pytest.mark.integration
 
@@ -121,6 +122,11 @@ def test_search_computes_features_once_and_a_second_search_reuses_them(
     )
     assert len(study.trials) == 4
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    # first_trial: plain (the default): Tune's first trial needed only the top cut.
+    opening_trial = study.trials[0]
+    assert opening_trial.user_attrs[FIRST_TRIAL_ATTR] == "plain"
+    assert (opening_trial.params["augmentation"], opening_trial.params["unfreeze_blocks"]) == (0, 0)
+    assert not any(FIRST_TRIAL_ATTR in t.user_attrs for t in study.trials[1:])
     assert sorted(t.value for t in study.trials) == sorted(
         trial.val_accuracy for trial in first.trials
     )

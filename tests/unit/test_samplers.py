@@ -125,3 +125,43 @@ def test_a_dry_run_predicts_the_searchs_first_trials() -> None:
         asked = [searcher.suggest(f"trial_{i}") for i in range(6)]
         assert [p["augmentation"] for p in predicted] == [a["augmentation"] for a in asked]
         assert predicted == [{k: a[k] for k in p} for p, a in zip(predicted, asked, strict=True)]
+
+
+def test_the_dry_run_opens_its_study_as_the_search_does() -> None:
+    """With first_trial: plain, Tune's first trial is plain and the dry run still predicts all."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tuning.config import SearchConfig
+    from tuning.samplers import first_suggestions
+    from tuning.tuner import STUDY_NAME, open_study, opening
+
+    space = load_space("default")
+    first = opening(SearchConfig(), space, None)
+    assert first is not None
+    predicted = first_suggestions("tpe", 3, to_optuna(space), 6, opening=first)
+    storage = optuna.storages.InMemoryStorage()
+    first(open_study(storage))
+    searcher = OptunaSearch(
+        space=to_optuna(space), metric="val_accuracy", mode="max",
+        sampler=make_sampler("tpe", 3), storage=storage, study_name=STUDY_NAME,
+    )  # fmt: skip
+    asked = [searcher.suggest(f"trial_{i}") for i in range(6)]
+    assert (asked[0]["augmentation"], asked[0]["unfreeze_blocks"]) == (0.0, 0)
+    assert predicted == [{k: a[k] for k in p} for p, a in zip(predicted, asked, strict=True)]
+    # The plain trial's other values are sampled, and the trials after it are the sampler's.
+    assert {"dropout", "l2", "head_learning_rate"} <= set(predicted[0])
+    assert any(p["augmentation"] > 0 for p in predicted[1:])
+    # Opening a study that holds trials already (a resumed search's) adds none.
+    first(open_study(storage))
+    assert len(optuna.load_study(study_name=STUDY_NAME, storage=storage).trials) == 6
+
+
+def test_first_trial_sampled_leaves_every_trial_to_the_sampler() -> None:
+    from tuning.config import SearchConfig
+    from tuning.tuner import opening
+
+    config = SearchConfig.from_flat({"first_trial": "sampled"})
+    assert opening(config, load_space("default"), None) is None
+    # Every trial of head-only is plain already: nothing is enqueued.
+    assert opening(SearchConfig(), load_space("head-only"), None) is None

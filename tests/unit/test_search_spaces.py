@@ -596,6 +596,34 @@ def test_may_augment(data: dict[str, Any], expected: bool) -> None:
     assert space_from_mapping(data).may_augment() is expected
 
 
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({}, {}),  # both absent: every trial is plain
+        ({"augmentation": 0.5}, None),  # fixed above 0: no trial is plain
+        ({"unfreeze_blocks": 1}, None),
+        (
+            {
+                "augmentation": {"type": "categorical", "choices": [0.5, 0.0]},
+                "unfreeze_blocks": {"type": "int", "low": 0, "high": 2},
+            },
+            {"augmentation": 0.0, "unfreeze_blocks": 0},
+        ),
+        ({"augmentation": {"type": "categorical", "choices": [0.25, 0.5]}}, None),
+        ({"unfreeze_blocks": {"type": "int", "low": 1, "high": 2}}, None),
+        ({"augmentation": {"type": "float", "low": 0.0, "high": 0.4}}, {"augmentation": 0.0}),
+    ],
+)
+def test_plain_values(data: dict[str, Any], expected: dict[str, Any] | None) -> None:
+    assert space_from_mapping(data).plain_values() == expected
+
+
+def test_the_default_space_can_start_plain() -> None:
+    values = load_space("default").plain_values()
+    assert values == {"augmentation": 0.0, "unfreeze_blocks": 0}
+    assert isinstance(values["augmentation"], float) and isinstance(values["unfreeze_blocks"], int)
+
+
 def test_validate_for_backbone() -> None:
     space = load_space("default")
     space.validate_for_backbone(num_blocks=5, backbone="vgg16")

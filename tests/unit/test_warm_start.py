@@ -25,6 +25,7 @@ from tuning.config import SearchConfig, load_config
 from tuning.export import export_best
 from tuning.run_dir import ClusterSummary, RunDirError, SearchSummary, TrialSummary
 from tuning.samplers import make_sampler
+from tuning.tuner import open_study
 from tuning.warm_start import (
     EARLIER_TRIAL_ATTR,
     SEEDED_ATTR,
@@ -336,10 +337,10 @@ def test_a_seeded_study_is_not_seeded_twice(
     write_earlier_run(tmp_path / "run", config, shapes_data, grid_trials(4))
     warm = convert(EarlierSearch.read(tmp_path / "run"), space)
     storage = optuna.storages.InMemoryStorage()
-    warm.seed_storage(storage, "bottletune")
+    warm.seed(open_study(storage))
     before = len(optuna.load_study(study_name="bottletune", storage=storage).trials)
 
-    warm.seed_storage(storage, "bottletune")
+    warm.seed(open_study(storage))
 
     assert before == 5
     assert len(optuna.load_study(study_name="bottletune", storage=storage).trials) == before
@@ -375,7 +376,7 @@ def test_a_resume_matches_tunes_trials_to_the_study_after_the_earlier_ones(
     write_earlier_run(tmp_path / "run", config, shapes_data, grid_trials(4))
     storage = journal_storage(tmp_path / "optuna.journal")
     assert seeded_trial_count(storage, "bottletune") == 0, "no study yet"
-    convert(EarlierSearch.read(tmp_path / "run"), space).seed_storage(storage, "bottletune")
+    convert(EarlierSearch.read(tmp_path / "run"), space).seed(open_study(storage))
     study = optuna.load_study(study_name="bottletune", storage=storage)
     # Tune's trials: two finished before its last checkpoint, one asked for after it.
     for _ in range(2):

@@ -86,14 +86,19 @@ def test_twenty_trials_in_one_process_do_not_grow_its_memory(
         run_python(RSS_SCRIPT, str(shapes_data), str(tmp_path / "cache"), str(RSS_TRIALS))
     )
     assert len(rss) == RSS_TRIALS
-    # The first trials of each kind load kernels and allocator pools once; from
-    # the fourth trial on, a leak of one trial's models (VGG16's top block at
-    # 32 px alone is 28 MB of weights, with momentum 56 MB) would add up over
-    # 16 trials. Without close() each fine-tuning trial kept about 75 MB (8 of
-    # them: about 600 MB); with it, trials 4-20 stayed within 12 MB of each
-    # other (991-1003 MB). The bound allows that noise, not one leaked model.
-    growth = max(rss[3:]) - rss[3]
-    assert growth < 40, f"resident memory grew by {growth:.0f} MB over {RSS_TRIALS} trials: {rss}"
+    # The first trial of each kind loads kernels and allocator pools once. After
+    # that, resident memory swings by up to 150 MB from trial to trial (CI saw
+    # 920-1068 MB) as the allocator keeps and returns arenas, but its floor does
+    # not move: every 4 to 6 trials it came back to 919-921 MB. A leak of one trial's
+    # models (VGG16's top block at 32 px alone is 28 MB of weights, with momentum
+    # 56 MB; without close() each fine-tuning trial kept about 75 MB) raises the
+    # floor by that much per fine-tuning trial: about 375 MB over the 10 trials
+    # between the two windows. The bound allows the floor's noise, not one model.
+    early, late = rss[2:10], rss[-8:]
+    growth = min(late) - min(early)
+    assert growth < 40, (
+        f"resident memory's floor grew by {growth:.0f} MB from trials 3-10 to the last 8: {rss}"
+    )
 
 
 CLOSE_SCRIPT = """

@@ -16,11 +16,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The unit tier runs on every core (pytest-xdist, at most 4 processes); the
+# integration tier one test at a time, since each starts Ray with 2 CPUs.
+UNIT_WORKERS := -n auto --maxprocesses 4
+
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not integration" $(UNIT_WORKERS)
+	$(BIN)/python -m pytest -m integration
 
 test-unit: $(STAMP)
-	$(BIN)/python -m pytest -m "not integration"
+	$(BIN)/python -m pytest -m "not integration" $(UNIT_WORKERS)
 
 test-integration: $(STAMP)
 	$(BIN)/python -m pytest -m integration

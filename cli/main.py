@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="output directory")
     train.add_argument("--cache-dir", help="feature cache (default: the search's)")
     train.add_argument("--force", action="store_true", help="overwrite an existing model")
+    train.add_argument(
+        "--epoch-weights",
+        choices=("best", "last"),
+        default="best",
+        help="save the best validation epoch's weights (default) or the last epoch's",
+    )
 
     evaluate = commands.add_parser("evaluate", help="accuracy of a saved model on a split")
     evaluate.add_argument("--model", required=True, help="path of model.keras")
@@ -207,9 +213,15 @@ def _train(args: argparse.Namespace) -> int:
     from tuning.run_dir import MODEL_FILE
 
     metrics = train_final(
-        args.config, args.data, args.out, cache_dir=args.cache_dir, force=args.force
+        args.config,
+        args.data,
+        args.out,
+        cache_dir=args.cache_dir,
+        force=args.force,
+        epoch_weights=args.epoch_weights,
     )
-    print(f"model: {args.out}/{MODEL_FILE}")
+    kept = f"the weights of epoch {metrics.kept_epoch} of {metrics.epochs}"
+    print(f"model: {args.out}/{MODEL_FILE} ({kept})")
     print(f"validation accuracy: {metrics.validation_accuracy:.4f}")
     if metrics.test_accuracy is not None:
         print(f"test accuracy: {metrics.test_accuracy:.4f}")

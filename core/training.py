@@ -30,6 +30,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -265,6 +266,24 @@ def forget_custom_gradients(keep: frozenset[str]) -> int:
     for name in stale:
         del table[name]
     return len(stale)
+
+
+@dataclass(frozen=True)
+class TrainedWeights:
+    """A copy of what a trainer's inference model would hold after one epoch.
+
+    Attributes:
+        epoch: The epoch (1-based) these weights ended.
+        val_accuracy: That epoch's validation accuracy.
+        head: The head's weights.
+        backbone: The backbone's weights; None while phase 2 has not changed
+            them (they are still as built: the seeded init, or the file's).
+    """
+
+    epoch: int
+    val_accuracy: float
+    head: list[np.ndarray]
+    backbone: list[np.ndarray] | None
 
 
 class RecipeTrainer:
@@ -541,6 +560,39 @@ class RecipeTrainer:
             model = self._ensure_finetune()
             model.optimizer.build(model.trainable_variables)
             model.load_weights(directory / "finetune.weights.h5")
+
+    def weights(self) -> TrainedWeights:
+        """A copy of the weights as the last epoch left them (``restore_weights`` puts it back)."""
+        self._require_open()
+        if not self.history:
+            raise RuntimeError("no epoch is trained yet")
+        # Phase 2 trains the backbone's top blocks in place (the fine-tuning model
+        # shares its layers); before it, the backbone is as built.
+        trained = self.backbone_model if self.finetune_model is not None else None
+        return TrainedWeights(
+            epoch=self.epoch,
+            val_accuracy=float(self.history[-1]["val_accuracy"]),
+            head=self.head.get_weights(),
+            backbone=trained.get_weights() if trained is not None else None,
+        )
+
+    def restore_weights(self, weights: TrainedWeights) -> None:
+        """Puts back the head and backbone weights of an earlier ``weights()``.
+
+        For the model ``inference_model`` assembles, as Keras'
+        ``EarlyStopping(restore_best_weights=True)`` does; the optimizer's state
+        and ``epoch`` stay where training left them.
+        """
+        self._require_open()
+        self.head.set_weights(weights.head)
+        if weights.backbone is not None:
+            self._ensure_backbone().set_weights(weights.backbone)
+        elif self.finetune_model is not None and self.backbone_model is not None:
+            # Phase 2 changed the backbone after those weights: back to it as built.
+            built = build_backbone(
+                self.setup.backbone, self.setup.weights, self.setup.image_size, self.setup.seed
+            )
+            self.backbone_model.set_weights(built.get_weights())
 
     def inference_model(self) -> keras.Model:
         """The full model (preprocessing, backbone, head) on RGB images in [0, 255]."""

@@ -239,8 +239,10 @@ class AshaSettings(_Group):
 
 
 ASHA_TIME_ATTRIBUTES = ("epochs", "cost")
-FIRST_TRIALS = ("plain", "sampled")
 """Values of ``asha_time_attr``."""
+
+FIRST_TRIALS = ("plain", "sampled")
+"""Values of ``first_trial``."""
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,9 @@ from tuning.run_dir import MODEL_FILE, BestConfig, FinalMetrics, ModelInfo, RunD
 
 logger = logging.getLogger(__name__)
 
+EPOCH_WEIGHTS = ("best", "last")
+"""What ``train_final`` saves: the best validation epoch's weights, or the last epoch's."""
+
 
 def train_final(
     config_path: str | os.PathLike[str],
@@ -25,6 +28,7 @@ def train_final(
     force: bool = False,
     threads: int | None = None,
     progress: bool = True,
+    epoch_weights: str = "best",
 ) -> FinalMetrics:
     """Trains the model an exported config describes: phase 1, then phase 2.
 
@@ -41,6 +45,12 @@ def train_final(
         threads: TensorFlow threads (default: all cores).
         progress: Show the feature-extraction progress bar, and a batch progress
             bar on a terminal (epoch lines are printed either way).
+        epoch_weights: ``best``: the saved model holds the weights of the epoch
+            with the best validation accuracy (the earliest of equals), as Keras'
+            ``EarlyStopping(restore_best_weights=True)`` and KerasTuner do;
+            ``last``: the last epoch's. Measured in ``bench/peers.py``: the best
+            epoch's weights were never worse on the held-out test split, and
+            once 4 points better (docs/benchmarks.md).
 
     Returns:
         The metrics written to ``metrics.json``: validation accuracy during
@@ -51,6 +61,8 @@ def train_final(
     from core.runtime import configure_tensorflow
     from core.training import RecipeTrainer
 
+    if epoch_weights not in EPOCH_WEIGHTS:
+        raise ValueError(f"epoch_weights={epoch_weights!r}: one of {', '.join(EPOCH_WEIGHTS)}")
     config = BestConfig.read(config_path)
     out = Path(out)
     model_path = out / MODEL_FILE
@@ -83,13 +95,28 @@ def train_final(
     setup = config.training_setup()
     trainer = RecipeTrainer(hparams, setup, bundle)
     printer = EpochPrinter(setup.epochs, bar=None if progress else False)
+    kept = None
     while not trainer.done:
         on_batch = printer.start_epoch(
             trainer.epoch + 1,
             phase=trainer.phase_of(trainer.epoch),
             batches=trainer.batches_per_epoch,
         )
-        printer.end_epoch(trainer.train_epoch(on_batch=on_batch))
+        metrics = trainer.train_epoch(on_batch=on_batch)
+        printer.end_epoch(metrics)
+        if epoch_weights == "last" or kept is None or metrics["val_accuracy"] > kept.val_accuracy:
+            kept = trainer.weights()
+    assert kept is not None  # setup.epochs >= 1
+    if kept.epoch != trainer.epoch:
+        trainer.restore_weights(kept)
+        logger.info(
+            "saving the weights of epoch %d of %d (val_accuracy %.4f, the best; the last "
+            "epoch's was %.4f)",
+            kept.epoch,
+            trainer.epoch,
+            kept.val_accuracy,
+            trainer.history[-1]["val_accuracy"],
+        )
     out.mkdir(parents=True, exist_ok=True)
     trainer.inference_model().save(model_path)
     ModelInfo(
@@ -101,19 +128,21 @@ def train_final(
     ).write(out / INFO_FILE)
     # Measured on the model as saved and loaded back, not the one in memory.
     saved_model, saved_info = load_model(model_path)
-    metrics = FinalMetrics(
-        trained_validation_accuracy=trainer.history[-1]["val_accuracy"],
+    final = FinalMetrics(
+        trained_validation_accuracy=kept.val_accuracy,
         validation_accuracy=split_accuracy(saved_model, saved_info, index, "validation")[
             "accuracy"
         ],
         search_value=config.value,
         epochs=trainer.epoch,
         history=trainer.history,
+        kept_epoch=kept.epoch,
+        epoch_weights=epoch_weights,
         test_accuracy=(
             split_accuracy(saved_model, saved_info, index, "test")["accuracy"]
             if "test" in index.splits
             else None
         ),
     )
-    metrics.write(out)
-    return metrics
+    final.write(out)
+    return final

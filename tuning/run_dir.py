@@ -549,11 +549,15 @@ class FinalMetrics:
     """``metrics.json`` beside a final model.
 
     Attributes:
-        trained_validation_accuracy: Validation accuracy of the last epoch, in training.
+        trained_validation_accuracy: Validation accuracy, in training, of the epoch
+            whose weights were saved.
         validation_accuracy: The saved model's, loaded back, on the validation split.
         search_value: The trial's validation accuracy in the search.
         epochs: Epochs trained.
         history: One row per epoch, as the trainer reported it.
+        kept_epoch: The epoch whose weights the model holds (None in a
+            ``metrics.json`` written before this was recorded: the last).
+        epoch_weights: ``best`` or ``last``, as ``train_final`` was asked.
         test_accuracy: The saved model's on the test split, when the data has one.
     """
 
@@ -562,6 +566,8 @@ class FinalMetrics:
     search_value: float
     epochs: int
     history: list[dict[str, Any]]
+    kept_epoch: int | None = None
+    epoch_weights: str = "last"
     test_accuracy: float | None = None
 
     def to_dict(self) -> dict[str, Any]:

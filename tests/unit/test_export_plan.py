@@ -6,11 +6,13 @@ import dataclasses
 import json
 from pathlib import Path
 
+import pytest
+
 from core.hyperparameters import Hyperparameters
 from core.plan import CachePlan, PlannedEntry
 from tests.unit.test_export import search_summary
 from tuning.export import best_config
-from tuning.run_dir import PLAN_FILE, RESULTS_FILE
+from tuning.run_dir import PLAN_FILE, RESULTS_FILE, FinalMetrics
 
 
 def plan(views: int, fresh: list[tuple[str, float]]) -> CachePlan:
@@ -99,3 +101,62 @@ def test_final_training_augments_fresh_where_the_search_did(
     }
     # Views for the head's cut only; block4_pool's phase 2 augmented the images afresh.
     assert views == {("block5_pool", 0), ("block5_pool", 1)}
+
+
+@pytest.mark.parametrize("epoch_weights", ["best", "last"])
+def test_final_training_saves_the_epoch_it_was_asked_for(
+    epoch_weights: str, shapes_data: Path, tmp_path: Path
+) -> None:
+    from core.backbones import weights_identity
+    from core.data import scan_dataset
+    from tests.unit.test_export import exported_dict
+    from tuning.final import train_final
+
+    index = scan_dataset(shapes_data, 0.2, 0)
+    best = tmp_path / "best.json"
+    best.write_text(
+        json.dumps(
+            exported_dict(
+                # Measured here: validation accuracy 0.5, 0.5, 0.5, 0.75, 0.5, 0.5, so
+                # the best epoch's model and the last one's score apart.
+                hyperparameters=Hyperparameters(
+                    unfreeze_blocks=1,
+                    dense_units=16,
+                    batch_size=8,
+                    head_learning_rate=1e-3,
+                    finetune_learning_rate=0.03,
+                ).to_dict(),
+                weights="none",
+                weights_identity=weights_identity("none", 0),
+                image_size=32,
+                epochs=6,
+                max_epochs=6,
+                head_epochs=2,
+                dataset_fingerprint=index.fingerprint,
+                class_names=list(index.class_names),
+                cache_dir=str(tmp_path / "cache"),
+            )
+        )
+    )
+    metrics = train_final(
+        best, shapes_data, tmp_path / "model", progress=False, epoch_weights=epoch_weights
+    )
+    accuracies = [row["val_accuracy"] for row in metrics.history]
+    # best: the first epoch of the highest validation accuracy, as restore_best_weights.
+    expected = accuracies.index(max(accuracies)) + 1 if epoch_weights == "best" else 6
+    assert (metrics.kept_epoch, metrics.epoch_weights, metrics.epochs) == (
+        expected,
+        epoch_weights,
+        6,
+    )
+    # The saved model, loaded back and run on images, is that epoch's model.
+    assert metrics.validation_accuracy == pytest.approx(accuracies[expected - 1], abs=1e-6)
+    assert metrics.trained_validation_accuracy == accuracies[expected - 1]
+    assert FinalMetrics.read(tmp_path / "model").kept_epoch == expected
+
+
+def test_final_training_refuses_an_unknown_epoch_choice(tmp_path: Path) -> None:
+    from tuning.final import train_final
+
+    with pytest.raises(ValueError, match="epoch_weights='first'"):
+        train_final(tmp_path / "best.json", tmp_path, tmp_path / "model", epoch_weights="first")

@@ -159,6 +159,34 @@ def test_exported_model_on_images_matches_the_feature_path(
     np.testing.assert_allclose(from_images, from_features, rtol=1e-4, atol=1e-5)
 
 
+def test_restored_weights_give_the_model_of_that_epoch_in_either_phase(
+    bundle: FeatureBundle, shapes_data: Path
+) -> None:
+    trainer = RecipeTrainer(Hyperparameters(unfreeze_blocks=1), setup(epochs=4), bundle)
+    images = load_images(scan_dataset(shapes_data).splits["validation"], 32).images
+    images = images.astype("float32")
+
+    def predictions() -> np.ndarray:
+        return trainer.inference_model().predict(images, verbose=0)
+
+    trainer.train_epoch()  # phase 1: the head only
+    after_head, head_weights = predictions(), trainer.weights()
+    trainer.train_epoch()  # phase 2 changes block 5 in place
+    after_two, two_weights = predictions(), trainer.weights()
+    trainer.train_epoch()
+    trainer.train_epoch()
+    assert head_weights.backbone is None and two_weights.backbone is not None
+    assert (head_weights.epoch, two_weights.epoch) == (1, 2)
+    assert not np.allclose(predictions(), after_two, atol=1e-6), "training changed nothing"
+
+    trainer.restore_weights(two_weights)
+    np.testing.assert_allclose(predictions(), after_two, rtol=1e-5, atol=1e-6)
+    # Back to phase 1's weights: the head's, and block 5 as the backbone was built.
+    trainer.restore_weights(head_weights)
+    np.testing.assert_allclose(predictions(), after_head, rtol=1e-5, atol=1e-6)
+    assert trainer.epoch == 4
+
+
 def test_checkpoint_restores_weights_and_progress(bundle: FeatureBundle, tmp_path: Path) -> None:
     first = RecipeTrainer(Hyperparameters(unfreeze_blocks=1), setup(epochs=3), bundle)
     first.train_epoch()

@@ -159,3 +159,23 @@ def mb(nbytes: float) -> str:
 def setup_logging() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+def extraction_record(cache_dir: Path) -> dict[str, Any]:
+    """What the cache recorded building: the plain pass and each view pass, in seconds.
+
+    Every entry of one forward pass records that pass's time, so each pass is counted once.
+    """
+    from core.features import FeatureCache
+
+    builds = FeatureCache(cache_dir).builds()
+    passes = {(build["augmentation"], build["view"]): float(build["seconds"]) for build in builds}
+    plain = sum(seconds for (_, view), seconds in passes.items() if view is None)
+    views = sum(seconds for (_, view), seconds in passes.items() if view is not None)
+    return {
+        "seconds": plain + views,
+        "plain_pass_seconds": plain,
+        "view_passes": sum(1 for _, view in passes if view is not None),
+        "view_passes_seconds": views,
+        "entries_built": len(builds),
+    }

@@ -5,9 +5,11 @@ same synthetic shapes, each for the same wall-time budget, one after another
 on this machine:
 
 bottletune
-    ``tuning.search.run_search``: the feature cache, Optuna TPE and ASHA. Its
-    clock includes building the cache (``FeatureCache.ensure``, timed before
-    the search, which then finds every entry cached).
+    ``tuning.search.run_search`` on an empty cache: the feature cache, Optuna
+    TPE and ASHA. Its clock includes building the cache, as ``bottletune tune``
+    does it (the plain top cut first, the views while the first trials run).
+    The ASHA-vs-FIFO and TPE-vs-random variants reuse that cache, their clocks
+    starting its recorded build time early.
 keras-tuner
     KerasTuner's Hyperband as its users write it: a ``HyperModel`` whose
     ``build(hp)`` returns the whole model on images (augmentation layers, the
@@ -56,6 +58,7 @@ from bench.common import (
     SEED,
     WEIGHTS,
     add_output_flags,
+    extraction_record,
     load_average,
     machine_info,
     machine_line,
@@ -363,8 +366,12 @@ def build_image_model(hparams: Any, setup: Any, num_classes: int) -> Any:
     from core.model import build_head, freeze, loss_for
 
     backbone = build_backbone(setup.backbone, setup.weights, setup.image_size, seed=setup.seed)
-    keras.utils.set_random_seed(setup.seed + 1000)
+    # The head's init as RecipeTrainer's: on random-init features, which init a
+    # head starts from decides whether it learns in a few epochs (measured at
+    # 48 px: 3 of 12 seeds did), so the sides must not differ in it.
+    keras.utils.set_random_seed(setup.seed)
     head = build_head(tuple(backbone.output.shape[1:]), num_classes, hparams)
+    keras.utils.set_random_seed(setup.seed + 1000)
     image = keras.Input(shape=(setup.image_size, setup.image_size, 3), name="image")
     augment = build_augmentation(hparams.augmentation, seed=setup.seed)
     x = augment(image) if augment is not None else image
@@ -478,19 +485,6 @@ def bottletune_config(args: argparse.Namespace, cache_dir: Path, **changes: Any)
     )
 
 
-def warm_cache(config: Any, data_dir: Path) -> float:
-    """Builds every cache entry the search needs (as ``bottletune cache warm``); its seconds."""
-    from core.data import scan_dataset
-    from core.features import FeatureCache
-    from search_spaces import load_space
-
-    started = time.perf_counter()
-    index = scan_dataset(data_dir, config.features.validation_fraction, config.seed)
-    cache = FeatureCache(config.cache_location)
-    cache.ensure(index, config.feature_request(load_space(config.searcher.space)), progress=False)
-    return time.perf_counter() - started
-
-
 def reported_epochs(trial_dir: Path) -> list[dict[str, Any]]:
     """Every report of one Ray Tune trial, from Ray Tune's own ``result.json``."""
     path = trial_dir / "result.json"
@@ -530,21 +524,25 @@ def run_bottletune(
     """One bottletune search, its clock and budget counting the cache and Ray's start.
 
     Args:
-        cache_seconds: None builds the cache here, timed. A number is what an
-            earlier run's build took: the cache is warm, and this run's clock
-            starts that many seconds early, as if it had built it too.
+        cache_seconds: None: the cache is empty and ``run_search`` builds it as
+            ``bottletune tune`` does (the plain top cut first, the rest while
+            trials run); afterwards this is what the cache recorded building. A
+            number is what an earlier run's build took: the cache is warm, and
+            this run's clock starts that many seconds early, as if it had built
+            it too, all of it before its first trial (a handicap: the cold
+            search overlaps most of it with trials).
     """
     from cluster import connect, shutdown
     from tuning.run_dir import RunDirError
     from tuning.search import run_search
 
     started_wall, started = time.time(), time.perf_counter()
-    if cache_seconds is None:
-        cache_seconds = warm_cache(config, data_dir)
-    started_wall -= cache_seconds
-    started -= cache_seconds
-    # Ray starts here, so that the budget Tune gets is what the cache and Ray's
-    # start leave of this side's budget (run_search joins this Ray).
+    if cache_seconds is not None:
+        started_wall -= cache_seconds
+        started -= cache_seconds
+    # Ray starts here, so that the budget Tune gets is what a warm cache's
+    # recorded build and Ray's start leave of this side's budget (run_search
+    # joins this Ray; on a cold cache it builds the plain pass in it too).
     info = connect(None, num_cpus=cpus, include_dashboard=False)
     try:
         left = budget - (time.perf_counter() - started)
@@ -568,6 +566,8 @@ def run_bottletune(
     finally:
         shutdown(info)
     trials = result.trials
+    if cache_seconds is None:
+        cache_seconds = extraction_record(Path(config.cache_location))["seconds"]
     return {
         "side": name,
         "seconds": time.perf_counter() - started,
@@ -599,17 +599,19 @@ def bottletune_final(run_dir: Path, data_dir: Path, cache_dir: Path, out: Path) 
         "validation_accuracy": metrics.validation_accuracy,
         "epochs": metrics.epochs,
         "seconds": time.perf_counter() - started,
-        "how": "tuning.final.train_final on the exported best trial (last epoch's weights)",
+        "how": (
+            "tuning.final.train_final on the exported best trial (its default: the best "
+            "validation epoch's weights)"
+        ),
     }
 
 
 def final_epoch_choice(best_path: Path, data_dir: Path, cache_dir: Path, images: Images) -> dict:
-    """train_final's training again, keeping the best epoch's weights too: test accuracy of both.
+    """train_final's training again: test accuracy of the last epoch's and the best epoch's weights.
 
-    Weights are snapshotted in memory (the head, and the backbone once phase 2
-    built it), so training itself runs exactly as in ``train_final``.
+    ``RecipeTrainer.weights`` copies the weights in memory after each better
+    epoch (as ``train_final`` does), so training itself runs exactly as there.
     """
-    from core.backbones import build_backbone
     from core.data import scan_dataset
     from core.features import FeatureCache
     from core.training import RecipeTrainer
@@ -618,35 +620,22 @@ def final_epoch_choice(best_path: Path, data_dir: Path, cache_dir: Path, images:
     config = BestConfig.read(best_path)
     index = scan_dataset(data_dir, config.validation_fraction, config.seed)
     bundle = FeatureCache(cache_dir).ensure(index, config.feature_request(), progress=False)
-    setup = config.training_setup()
-    trainer = RecipeTrainer(config.hyperparameters, setup, bundle)
-    best: dict[str, Any] = {"val_accuracy": -1.0}
+    trainer = RecipeTrainer(config.hyperparameters, config.training_setup(), bundle)
+    best = None
     while not trainer.done:
         metrics = trainer.train_epoch()
-        if metrics["val_accuracy"] > best["val_accuracy"]:
-            backbone = trainer.backbone_model
-            best = {
-                "val_accuracy": metrics["val_accuracy"],
-                "epoch": trainer.epoch,
-                "head": trainer.head.get_weights(),
-                "backbone": backbone.get_weights() if backbone is not None else None,
-            }
+        if best is None or metrics["val_accuracy"] > best.val_accuracy:
+            best = trainer.weights()
+    assert best is not None
     model = trainer.inference_model()
     last_val = trainer.history[-1]["val_accuracy"]
     last_test = held_out_accuracy(model, images)
-    trainer.head.set_weights(best["head"])
-    assert trainer.backbone_model is not None  # inference_model built it
-    if best["backbone"] is not None:
-        trainer.backbone_model.set_weights(best["backbone"])
-    else:
-        # Phase 1 leaves the backbone as built: the same seeded init again.
-        fresh = build_backbone(setup.backbone, setup.weights, setup.image_size, setup.seed)
-        trainer.backbone_model.set_weights(fresh.get_weights())
+    trainer.restore_weights(best)  # the same model's layers: it now holds the best epoch's
     return {
         "epochs": trainer.epoch,
-        "best_epoch": best["epoch"],
+        "best_epoch": best.epoch,
         "last_val_accuracy": last_val,
-        "best_val_accuracy": best["val_accuracy"],
+        "best_val_accuracy": best.val_accuracy,
         "last_test_accuracy": last_test,
         "best_test_accuracy": held_out_accuracy(model, images),
     }
@@ -960,6 +949,11 @@ def main(argv: list[str] | None = None) -> int:
     from core.runtime import configure_tensorflow
 
     configure_tensorflow(args.cpus)  # the driver trains the KerasTuner side and final models
+    # Imported before any side's clock, as TensorFlow is: otherwise the side that
+    # runs first (bottletune) would pay for importing Ray Tune and Optuna alone.
+    import optuna  # noqa: F401
+    import ray.tune  # noqa: F401
+
     from core.demo_data import make_demo_data
     from core.hyperparameters import TrainingSetup
 

@@ -32,6 +32,7 @@ BENCHMARKS: tuple[str, ...] = (
     "dtype",
     "search",
     "startup",
+    "augmentation",
 )
 """Modules of ``bench`` run by ``main``, in order."""
 
@@ -54,6 +55,8 @@ RECIPE_SCALE: dict[str, list[str]] = {
         "10",
     ],  # fmt: skip
     "startup": ["--size", "150", "--per-class", "1000", "--samples", "16", "--epochs", "10"],
+    # Few training images is the point (data where augmentation helps); the size is the recipe's.
+    "augmentation": ["--size", "150", "--classes", "2", "--validation-per-class", "400"],
 }
 """Each benchmark's flags for the write-up's setup (``--recipe-scale``)."""
 

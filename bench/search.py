@@ -73,6 +73,7 @@ from bench.common import (
     SEED,
     WEIGHTS,
     add_output_flags,
+    extraction_record,
     load_average,
     machine_info,
     machine_line,
@@ -364,26 +365,6 @@ def search_config(args: argparse.Namespace, cache_dir: Path) -> Any:
     )
 
 
-def extraction_record(cache_dir: Path) -> dict[str, Any]:
-    """What the cache recorded building: the plain pass and each view pass, in seconds.
-
-    Every entry of one forward pass records that pass's time, so each pass is counted once.
-    """
-    from core.features import FeatureCache
-
-    builds = FeatureCache(cache_dir).builds()
-    passes = {(build["augmentation"], build["view"]): float(build["seconds"]) for build in builds}
-    plain = sum(seconds for (_, view), seconds in passes.items() if view is None)
-    views = sum(seconds for (_, view), seconds in passes.items() if view is not None)
-    return {
-        "seconds": plain + views,
-        "plain_pass_seconds": plain,
-        "view_passes": sum(1 for _, view in passes if view is not None),
-        "view_passes_seconds": views,
-        "entries_built": len(builds),
-    }
-
-
 def run_cached(
     name: str, config: Any, data_dir: Path, run_dir: Path, cpus: int, *, offset: float = 0.0
 ) -> Side:
@@ -433,10 +414,12 @@ def naive_trainable(config: dict[str, Any], *, data: dict[str, Any], setup: Any)
 
     hparams = Hyperparameters.from_mapping(config)
     num_classes = len(data["class_names"])
-    keras.utils.set_random_seed(setup.seed)
     backbone = build_backbone(BACKBONE, WEIGHTS, setup.image_size, seed=setup.seed)
-    keras.utils.set_random_seed(setup.seed + 1000)
+    # The head's init as RecipeTrainer's (on random-init features it decides
+    # whether a head learns in a few epochs), then training's own seed.
+    keras.utils.set_random_seed(setup.seed)
     head = build_head(tuple(backbone.output.shape[1:]), num_classes, hparams)
+    keras.utils.set_random_seed(setup.seed + 1000)
     image = keras.Input(shape=(setup.image_size, setup.image_size, 3))
     augment = build_augmentation(hparams.augmentation, seed=setup.seed)
     x = augment(image) if augment is not None else image

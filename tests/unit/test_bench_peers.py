@@ -154,3 +154,33 @@ def test_a_damaged_result_file_is_named(tmp_path: Path) -> None:
     (tmp_path / "t" / "result.json").write_text('{"val_accuracy": 0.5}\n{not json\n')
     with pytest.raises(ValueError, match=r"result\.json, line 2"):
         reported_epochs(tmp_path / "t")
+
+
+def test_the_image_models_head_starts_where_the_trainers_does(
+    shapes_data: Path, tmp_path: Path
+) -> None:
+    """On random-init features a head's init decides whether it learns in a few epochs:
+    the KerasTuner and Ray Tune sides must start every trial from bottletune's."""
+    import numpy as np
+
+    from bench.peers import build_image_model
+    from core.data import scan_dataset
+    from core.features import FeatureCache, FeatureRequest
+    from core.hyperparameters import Hyperparameters, TrainingSetup
+    from core.training import RecipeTrainer
+
+    index = scan_dataset(shapes_data, seed=0)
+    request = FeatureRequest(
+        backbone="vgg16", weights="none", image_size=32, cuts=("block5_pool",),
+        augmentations=(), views=1,
+    )  # fmt: skip
+    bundle = FeatureCache(str(tmp_path / "cache")).ensure(index, request, progress=False)
+    setup = TrainingSetup("vgg16", "none", 32, epochs=2, head_epochs=1, seed=3)
+    for units in (16, 64):
+        hparams = Hyperparameters(dense_units=units)
+        trainer = RecipeTrainer(hparams, setup, bundle)
+        expected = [np.array(weights) for weights in trainer.head.get_weights()]
+        trainer.close()
+        got = build_image_model(hparams, setup, 2).get_layer("head").get_weights()
+        assert len(got) == len(expected)
+        assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))

@@ -56,8 +56,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run_all
 
 # bottletune against KerasTuner Hyperband and a plain Ray Tune search (same data,
-# space, budget, seed): about 25 minutes on 2 cores; `make bench-peers SCALE=small`
-# is a smoke run of about 5 minutes.
+# space, budget, seed): about 32 minutes on 2 cores (96 px, 5 minutes a search);
+# `make bench-peers SCALE=small` is a smoke run of about 5 minutes.
 bench-peers: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]" tensorboard  # keras_tuner.Tuner needs it
 	$(BIN)/python -m bench.peers $(if $(SCALE),--scale $(SCALE))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,35 +62,46 @@ def test_a_run_without_a_plan_exports_as_before(tmp_path: Path) -> None:
     assert config.feature_request().view_cuts is None and not config.augments_fresh
 
 
+def write_best(
+    tmp_path: Path,
+    data: Path,
+    hparams: Hyperparameters,
+    epochs: int,
+    head_epochs: int,
+    **changes: Any,
+) -> Path:
+    """A best.json for 32 px shapes with random-init weights, as ``bottletune export`` writes."""
+    from core.backbones import weights_identity
+    from core.data import scan_dataset
+    from tests.unit.test_export import exported_dict
+
+    index = scan_dataset(data, 0.2, 0)
+    best = tmp_path / "best.json"
+    exported = exported_dict(
+        hyperparameters=hparams.to_dict(),
+        weights="none",
+        weights_identity=weights_identity("none", 0),
+        image_size=32,
+        epochs=epochs,
+        max_epochs=epochs,
+        head_epochs=head_epochs,
+        dataset_fingerprint=index.fingerprint,
+        class_names=list(index.class_names),
+        **changes,
+    )
+    best.write_text(json.dumps(exported))
+    return best
+
+
 def test_final_training_augments_fresh_where_the_search_did(
     shapes_data: Path, tmp_path: Path
 ) -> None:
-    from core.backbones import weights_identity
-    from core.data import scan_dataset
     from core.features import FeatureCache
-    from tests.unit.test_export import exported_dict
     from tuning.final import train_final
 
-    index = scan_dataset(shapes_data, 0.2, 0)
-    best = tmp_path / "best.json"
-    best.write_text(
-        json.dumps(
-            exported_dict(
-                hyperparameters=Hyperparameters(
-                    unfreeze_blocks=1, augmentation=0.5, dense_units=16, batch_size=8
-                ).to_dict(),
-                weights="none",
-                weights_identity=weights_identity("none", 0),
-                image_size=32,
-                epochs=2,
-                max_epochs=2,
-                head_epochs=1,
-                dataset_fingerprint=index.fingerprint,
-                class_names=list(index.class_names),
-                augmentation_views=2,
-                fresh_cuts=["block4_pool"],
-            )
-        )
+    hparams = Hyperparameters(unfreeze_blocks=1, augmentation=0.5, dense_units=16, batch_size=8)
+    best = write_best(
+        tmp_path, shapes_data, hparams, 2, 1, augmentation_views=2, fresh_cuts=["block4_pool"]
     )
     cache_dir = tmp_path / "cache"
     metrics = train_final(
@@ -107,37 +119,18 @@ def test_final_training_augments_fresh_where_the_search_did(
 def test_final_training_saves_the_epoch_it_was_asked_for(
     epoch_weights: str, shapes_data: Path, tmp_path: Path
 ) -> None:
-    from core.backbones import weights_identity
-    from core.data import scan_dataset
-    from tests.unit.test_export import exported_dict
     from tuning.final import train_final
 
-    index = scan_dataset(shapes_data, 0.2, 0)
-    best = tmp_path / "best.json"
-    best.write_text(
-        json.dumps(
-            exported_dict(
-                # Measured here: validation accuracy 0.5, 0.5, 0.5, 0.75, 0.5, 0.5, so
-                # the best epoch's model and the last one's score apart.
-                hyperparameters=Hyperparameters(
-                    unfreeze_blocks=1,
-                    dense_units=16,
-                    batch_size=8,
-                    head_learning_rate=1e-3,
-                    finetune_learning_rate=0.03,
-                ).to_dict(),
-                weights="none",
-                weights_identity=weights_identity("none", 0),
-                image_size=32,
-                epochs=6,
-                max_epochs=6,
-                head_epochs=2,
-                dataset_fingerprint=index.fingerprint,
-                class_names=list(index.class_names),
-                cache_dir=str(tmp_path / "cache"),
-            )
-        )
+    # Measured here: validation accuracy 0.5, 0.5, 0.5, 0.75, 0.5, 0.5, so the best
+    # epoch's model and the last one's score apart.
+    hparams = Hyperparameters(
+        unfreeze_blocks=1,
+        dense_units=16,
+        batch_size=8,
+        head_learning_rate=1e-3,
+        finetune_learning_rate=0.03,
     )
+    best = write_best(tmp_path, shapes_data, hparams, 6, 2, cache_dir=str(tmp_path / "cache"))
     metrics = train_final(
         best, shapes_data, tmp_path / "model", progress=False, epoch_weights=epoch_weights
     )

@@ -49,8 +49,8 @@ def train_final(
             with the best validation accuracy (the earliest of equals), as Keras'
             ``EarlyStopping(restore_best_weights=True)`` and KerasTuner do;
             ``last``: the last epoch's. Measured in ``bench/peers.py``: the best
-            epoch's weights were never worse on the held-out test split, and
-            once 4 points better (docs/benchmarks.md).
+            epoch's weights were never worse on the held-out test split: the
+            same at 48 px, 4 points better in both 96 px runs (docs/benchmarks.md).
 
     Returns:
         The metrics written to ``metrics.json``: validation accuracy during

@@ -104,9 +104,12 @@ def train_final(
         )
         metrics = trainer.train_epoch(on_batch=on_batch)
         printer.end_epoch(metrics)
-        if epoch_weights == "last" or kept is None or metrics["val_accuracy"] > kept.val_accuracy:
+        if epoch_weights == "best" and (
+            kept is None or metrics["val_accuracy"] > kept.val_accuracy
+        ):
             kept = trainer.weights()
-    assert kept is not None  # setup.epochs >= 1
+    if kept is None:  # epoch_weights="last": one copy, after training
+        kept = trainer.weights()
     if kept.epoch != trainer.epoch:
         trainer.restore_weights(kept)
         logger.info(

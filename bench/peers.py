@@ -9,8 +9,8 @@ bottletune
     TPE and ASHA. Its clock includes building the cache, as ``bottletune tune``
     does it (the plain top cut first, the views while the first trials run).
     The ASHA-vs-FIFO and TPE-vs-random variants reuse that cache, their clocks
-    starting its recorded plain pass early (what the cold search waited for
-    before its first trial).
+    starting as early as the cold search's first trial waited for the plain
+    pass (the part of it that trial's own start-up did not hide).
 keras-tuner
     KerasTuner's Hyperband as its users write it: a ``HyperModel`` whose
     ``build(hp)`` returns the whole model on images (augmentation layers, the
@@ -514,6 +514,18 @@ def ray_curve(trial_dirs: Sequence[Path], started: float) -> Curve:
     )
 
 
+def plain_wait_seconds(trial_dirs: Sequence[Path]) -> float:
+    """How long the search's first trial waited for its features (its ``startup_fetch_s``).
+
+    On a cold cache that is the part of the plain pass its own start-up did not hide.
+    """
+    firsts = [rows[0] for rows in map(reported_epochs, trial_dirs) if rows]
+    if not firsts:
+        return 0.0
+    earliest = min(firsts, key=lambda row: float(row["timestamp"]))
+    return float(earliest.get("startup_fetch_s") or 0.0)
+
+
 def run_bottletune(
     name: str,
     config: Any,
@@ -530,9 +542,8 @@ def run_bottletune(
         cache_seconds: None: the cache is empty and ``run_search`` builds it as
             ``bottletune tune`` does (the plain top cut first, the views while
             trials run). A number: the cache is warm, and this run's clock starts
-            that many seconds early: what a cold search waits for before its
-            first trial (the recorded plain pass; its views, built while trials
-            ran, are not counted).
+            that many seconds early: what a cold search's first trial waited for
+            the plain pass (its views, built while trials ran, are not counted).
     """
     from cluster import connect, shutdown
     from tuning.run_dir import RunDirError
@@ -576,6 +587,7 @@ def run_bottletune(
         "extraction": (
             extraction_record(Path(config.cache_location)) if cache_seconds is None else None
         ),
+        "plain_wait_s": plain_wait_seconds([Path(t.path) for t in trials]),
         "trials": len(trials),
         "epochs_trained": sum(t.epochs for t in trials),
         "best_val_accuracy": result.best.val_accuracy,
@@ -1002,7 +1014,7 @@ def main(argv: list[str] | None = None) -> int:
                     root / name,
                     budget=args.budget,
                     cpus=args.cpus,
-                    cache_seconds=runs["bottletune"]["extraction"]["plain_pass_seconds"],
+                    cache_seconds=runs["bottletune"]["plain_wait_s"],
                 )
         logger.info("bottletune's final model...")
         images = decode_splits(data_dir, args.size)

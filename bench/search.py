@@ -7,8 +7,9 @@ another, each on a fresh local Ray:
 cached
     ``tuning.search.run_search`` with an empty feature cache and ASHA counting
     epochs. Its clock starts before ``run_search`` is called, so it includes
-    Ray's start, the cache plan, extracting the plain features (before the
-    first trial) and the augmented views (built while trials run).
+    Ray's start, the cache plan, extracting the plain features (while the
+    first trial's process starts) and the augmented views (built while
+    trials run).
 naive
     A plain Ray Tune + Keras trainable (``naive_trainable``): each trial
     builds the full VGG16 with its head (and the augmentation layers when it
@@ -206,9 +207,10 @@ def first_epochs(
 
     A trial's first report is its ``training_iteration`` 1 (a trial without one
     is left out). ``time_total_s`` is Ray's time from the trainable's start to
-    that report; ``epoch_seconds`` and ``startup_total_s`` (what the recipe's
-    trial spent before its first epoch) are None where the trainable does not
-    report them.
+    that report; ``epoch_seconds``, ``startup_total_s`` (what the recipe's
+    trial spent before its first epoch) and ``startup_fetch_s`` (of that, the
+    wait for its features, the plain pass's end on a cold cache) are None
+    where the trainable does not report them.
     """
     firsts = []
     for rows in trials:
@@ -222,6 +224,7 @@ def first_epochs(
                 "time_total_s": row.get("time_total_s"),
                 "epoch_seconds": row.get("epoch_seconds"),
                 "startup_total_s": row.get("startup_total_s"),
+                "startup_fetch_s": row.get("startup_fetch_s"),
             }
         )
     return sorted(firsts, key=lambda item: (item["seconds"], item["time_total_s"] or 0.0))
@@ -623,8 +626,8 @@ def compare_sides(
     }
     comparison["first_epoch"] = first_epoch_comparison(sides[CACHED], sides[NAIVE])
     # What the cold cache held the first trial back by, against the warm one: the
-    # plain pass the cache records, and what it does not (the extraction task's
-    # start-up), plus the noise between two runs.
+    # part of the plain pass the first trial's own start-up did not hide, plus
+    # the noise between two runs.
     cold, warm = sides[CACHED].before_first_trial_s, sides[COST].before_first_trial_s
     comparison["cold_cache_delay_s"] = (
         cold - warm if cold is not None and warm is not None else None
@@ -644,11 +647,13 @@ def first_epoch_comparison(cached: Side, naive: Side) -> dict[str, Any]:
     return {
         "cached_first_report_s": cached.first_report_s,
         # Where the cached search's wait went: before its first trial's trainable
-        # started (Ray, the plan, the plain features, Tune, the trial's process),
-        # then in that trial (start-up, mostly importing TensorFlow, then the epoch).
+        # started (Ray, the plan, Tune, the trial's process; the plain pass runs
+        # meanwhile), then in that trial (start-up: importing TensorFlow, then
+        # waiting for the plain pass to end; then the epoch).
         "cached_before_first_trial_s": cached.before_first_trial_s,
         "cached_first_trial_s": trial.get("time_total_s"),
         "cached_first_trial_startup_s": trial.get("startup_total_s"),
+        "cached_first_trial_fetch_s": trial.get("startup_fetch_s"),
         "cached_first_epoch_s": trial.get("epoch_seconds"),
         "uncached_epoch_s": epoch,
         "uncached_epoch_median_s": statistics.median(uncached) if uncached else None,
@@ -739,21 +744,22 @@ def summary_lines(
         f"{bold}{format_ratio(first['ratio'])}{bold} (goal ≤ {FIRST_EPOCH_GOAL:g}×: "
         f"{verdict(first['ratio'], FIRST_EPOCH_GOAL, at_least=False)}). Of the cached "
         f"search's wait, {format_seconds(first['cached_before_first_trial_s'])} s came before "
-        "its first trial's trainable started (Ray's start, the cache plan, the plain "
-        "features' extraction, Tune's and the trial process's start) and "
+        "its first trial's trainable started (Ray's start, the cache plan, Tune's and the "
+        "trial process's start, while the plain pass began) and "
         f"{format_seconds(first['cached_first_trial_s'])} s in that trial (start-up "
-        f"{format_seconds(first['cached_first_trial_startup_s'])} s, its epoch "
-        f"{format_seconds(first['cached_first_epoch_s'])} s). The naive search reported its "
-        f"first epoch at {format_seconds(first['naive_first_report_s'])} s.",
+        f"{format_seconds(first['cached_first_trial_startup_s'])} s, of it "
+        f"{format_seconds(first.get('cached_first_trial_fetch_s'))} s waiting for the plain "
+        f"features; its epoch {format_seconds(first['cached_first_epoch_s'])} s). The naive "
+        f"search reported its first epoch at {format_seconds(first['naive_first_report_s'])} s.",
         f"Extraction in the cached search: {extraction['seconds']:.1f} s as the cache recorded "
-        f"it (plain pass {extraction['plain_pass_seconds']:.1f} s before the first trial, "
-        f"{extraction['view_passes']} view passes {extraction['view_passes_seconds']:.1f} s "
-        f"while trials ran; {extraction['entries_built']} entries). cached-cost ran on that "
-        "warm cache, its clock started that many seconds early. Its first trial began "
+        f"it (plain pass {extraction['plain_pass_seconds']:.1f} s while the first trial "
+        f"started, {extraction['view_passes']} view passes "
+        f"{extraction['view_passes_seconds']:.1f} s while trials ran; "
+        f"{extraction['entries_built']} entries). cached-cost ran on that warm cache, its "
+        "clock started that many seconds early. Its first trial began "
         f"{format_seconds(comparison['cold_cache_delay_s'])} s sooner into its own run than "
         "cached's did: what the cold cache held the first trial back by, the recorded plain "
-        "pass and what the cache does not record (the extraction task's start-up: a "
-        "TensorFlow import and a backbone build), plus noise.",
+        "pass less what the first trial's own start-up hid of it, plus noise.",
         "Times are Ray Tune's result.json timestamps (whole seconds, +-0.5 s) less each "
         "search's start; sampled configurations shared by cached and naive: "
         f"{comparison['configurations_in_common']} of {len(sides[CACHED].trials)} (ASHA's stops "

@@ -27,22 +27,24 @@ class SharedFeatures:
     """A ``FeatureBundle`` in the object store, one object per entry.
 
     Attributes:
-        backbone, image_size, class_names, labels: As in ``FeatureBundle``
-            (labels are small and travel with the references).
-        cuts: Object reference per cut, each to ``{split: features}``.
+        backbone, image_size, class_names: As in ``FeatureBundle``.
+        labels: Object reference to ``{split: labels}``, as in ``FeatureBundle``.
+        cuts: Object reference per cut, each to ``{split: features}``. A
+            reference may be to features still being built (the plain pass).
         views: Object reference per ``view_name(cut, strength)``, each to the
             tuple of that strength's views. A reference may be to views still
             being built: a trial that reads it waits for it alone.
         fresh: (cut, strength) pairs that augment afresh every epoch instead
             (the cache plan's choice; such trials read ``images``).
         images: Object reference to the decoded training images, or None.
-        nbytes: Size of everything referenced.
+        nbytes: Size of what was read from the cache and shared (entries still being
+            built are not counted).
     """
 
     backbone: str
     image_size: int
     class_names: tuple[str, ...]
-    labels: dict[str, np.ndarray]
+    labels: Any = None
     cuts: dict[str, Any] = field(default_factory=dict)
     views: dict[str, Any] = field(default_factory=dict)
     fresh: tuple[tuple[str, float], ...] = ()
@@ -64,6 +66,7 @@ class SharedFeatures:
 
         Raises:
             KeyError: naming an entry the search did not share.
+            ValueError: the decoded images do not match the cached labels.
         """
         import ray
 
@@ -76,17 +79,26 @@ class SharedFeatures:
                 raise KeyError(f"views {name!r} were not shared; shared: {sorted(self.views)}")
         if images and self.images is None:
             raise KeyError("the decoded images were not shared (no fresh augmentation planned)")
-        fetched = ray.get(
-            [self.cuts[n] for n in wanted_cuts] + [self.views[n] for n in wanted_views]
+        labels, *fetched = ray.get(
+            [self.labels]
+            + [self.cuts[n] for n in wanted_cuts]
+            + [self.views[n] for n in wanted_views]
         )
+        decoded = {"train": ray.get(self.images)} if images else {}
+        if images and len(decoded["train"]) != len(labels["train"]):
+            raise ValueError(
+                f"{len(decoded['train'])} decoded training images for "
+                f"{len(labels['train'])} cached labels: the data changed since the "
+                "features were cached"
+            )
         return FeatureBundle(
             backbone=self.backbone,
             image_size=self.image_size,
             class_names=self.class_names,
-            labels=self.labels,
+            labels=labels,
             cuts=dict(zip(wanted_cuts, fetched[: len(wanted_cuts)], strict=True)),
             views=dict(zip(wanted_views, fetched[len(wanted_cuts) :], strict=True)),
-            images={"train": ray.get(self.images)} if images else {},
+            images=decoded,
         )
 
 
@@ -104,7 +116,7 @@ def local_object_store_bytes() -> int:
 def share_features(
     bundle: FeatureBundle,
     *,
-    pending_views: dict[str, Any] | None = None,
+    pending: Any = None,
     fresh: Iterable[tuple[str, float]] = (),
     images: np.ndarray | None = None,
 ) -> SharedFeatures:
@@ -112,8 +124,8 @@ def share_features(
 
     Args:
         bundle: The entries read from the cache.
-        pending_views: References to views still being built
-            (``cluster.extraction.build_views_while_trials_run``).
+        pending: Entries still being built (``cluster.extraction.FeatureBuild``):
+            its plain cuts and labels, when it builds them, and its views.
         fresh: (cut, strength) pairs that augment afresh (the cache plan's).
         images: The decoded training images, for those trials.
 
@@ -137,26 +149,27 @@ def share_features(
         backbone=bundle.backbone,
         image_size=bundle.image_size,
         class_names=bundle.class_names,
-        labels=bundle.labels,
         fresh=tuple((cut, float(strength)) for cut, strength in fresh),
         nbytes=bundle.nbytes + (images.nbytes if images is not None else 0),
     )
     if images is not None:
-        if len(images) != len(bundle.labels["train"]):
-            raise ValueError(
-                f"{len(images)} decoded training images for {len(bundle.labels['train'])} "
-                "cached labels: the data changed since the features were cached"
-            )
         shared.images = ray.put(np.asarray(images))
-    shared.views.update(pending_views or {})
+    if pending is not None and pending.labels is not None:
+        # The plain pass's labels: those of the views read here are the training split's.
+        shared.labels = pending.labels
+        shared.cuts.update(pending.cuts)
+    else:
+        shared.labels = ray.put(bundle.labels)
+    shared.views.update(pending.views if pending is not None else {})
     for cut, splits in bundle.cuts.items():
         shared.cuts[cut] = ray.put({split: np.asarray(array) for split, array in splits.items()})
     for name, arrays in bundle.views.items():
         shared.views[name] = ray.put(tuple(np.asarray(array) for array in arrays))
     logger.info(
-        "shared %d feature entries (%.1f MB) through the object store",
+        "shared %d feature entries through the object store (%.1f MB cached, %d being built)",
         len(shared.cuts) + len(shared.views),
         shared.nbytes / 1e6,
+        len(pending.cuts) + len(pending.views) if pending is not None else 0,
     )
     return shared
 

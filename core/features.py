@@ -146,7 +146,7 @@ class FeatureRequest:
 
     Built once from a configuration (``tuning.config.FeatureSettings.request``)
     and handed to ``FeatureCache.ensure``, ``FeatureCache.keys_for`` and the
-    cluster's extraction task alike.
+    cluster's feature builder alike.
 
     Attributes:
         backbone: Registry name.
@@ -418,6 +418,7 @@ class FeatureCache:
         *,
         progress: bool = True,
         images: Mapping[str, LoadedImages] | None = None,
+        plain: bool = True,
     ) -> FeatureBundle:
         """Returns features for every cut (and views), computing only the missing ones.
 
@@ -429,12 +430,14 @@ class FeatureCache:
             request: Which entries, and how to build missing ones.
             progress: Show a progress bar while computing.
             images: The decoded training and validation images, when the caller
-                has them (e.g. sent by the driver to a Ray task on another node);
+                has them (e.g. sent by the driver to a Ray actor on another node);
                 otherwise they are decoded from disk, overlapped with the model.
+            plain: False leaves the plain entries out: only the views (their
+                labels are the training split's).
         """
         weights, seed, batch_size = request.weights, request.seed, request.extraction_batch_size
         backbone, image_size = request.backbone, request.image_size
-        keys = self.keys_for(index, request)
+        keys = [key for key in self.keys_for(index, request) if plain or key.is_view]
         missing = [key for key in keys if not self.has(key)]
         for key in keys:
             (self.stats.misses if key in missing else self.stats.hits).append(key.name)

@@ -245,7 +245,7 @@ class SearchSettings:
 
 @dataclass(frozen=True)
 class BuildSite:
-    """Where a Ray task built the search's missing features."""
+    """Where the feature builder (a Ray actor) built the search's missing plain features."""
 
     pid: int
     node: str

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from cluster.extraction import ExtractionError, FeatureBuild, FeatureBuilder
 from core.backbones import get_backbone
 from core.data import DatasetIndex, load_images, scan_dataset
 from core.features import CacheStats, FeatureCache, FeatureRequest
@@ -125,6 +126,8 @@ def run_search(
 
     if address is None:
         prefer_loopback()  # before ray is imported
+    from cluster.build_watch import StopWhenBuildFails
+
     run_dir = Path(run_dir).absolute()
     if warm_start is not None and resume is not None:
         raise SearchError("--warm-start: a resumed search keeps the trials it was seeded with")
@@ -148,20 +151,30 @@ def run_search(
     info = connect(address, temp_dir=ray_temp_dir, **local_ray_options(config, num_cpus, num_gpus))
     if info.dashboard_url:
         logger.info("Ray dashboard: %s", info.dashboard_url)
+    builder = None
     try:
         check_trial_fits(info, config.resources.cpus_per_trial, config.resources.gpus_per_trial)
+        # Its process starts and imports TensorFlow while the plan is probed and shown.
+        builder = FeatureBuilder.start(
+            config.cache_location,
+            index,
+            request,
+            info,
+            gpus_per_trial=config.resources.gpus_per_trial,
+        )
         plan = plan_features(config, index, request, info, run_dir, resume, progress, profiling)
         request = plan.request(request)
         if resume is None:
             # Only once the search can run: a refused one leaves RUN_DIR as it was.
             start_run_dir(run_dir, config, space, data_dir, index.fingerprint, experiment)
             plan.write(run_dir / PLAN_FILE)
-        shared, stats, built_by = prepare_features(
-            config, index, request, space, plan, info, progress, first
+        shared, build = prepare_features(
+            config, index, request, space, plan, builder, progress, first
         )
-        export_search_metrics(stats)
+        export_search_metrics(build.stats)
         install_grafana_dashboard()
         trainable = make_trainable(config, shared)
+        watch = StopWhenBuildFails(build)
         if resume is None:
             tuner = new_tuner(
                 trainable,
@@ -171,17 +184,21 @@ def run_search(
                 sampler=sampler,
                 progress=progress,
                 opening=first,
+                stop=watch,
             )
         else:
             tuner = restore_tuner(trainable, run_dir, resume.experiment)
         results, seconds = fit(tuner)
+        built_by = finish_build(config, index, request, build)
     finally:
+        if builder is not None:
+            builder.close()  # views still queued when the search ended are not built
         shutdown(info)
     summary = SearchSummary.create(
         config=config,
         data_path=data_dir,
         index=index,
-        cache=stats,
+        cache=build.stats,
         built_by=built_by,
         cluster=ClusterSummary(info.address, [node.address for node in info.nodes]),
         trials=[summarize_trial(result, config.schedule.max_epochs) for result in results],
@@ -291,70 +308,73 @@ def prepare_features(
     request: FeatureRequest,
     space: SearchSpace,
     plan: CachePlan,
-    info: Any,
+    builder: FeatureBuilder | None,
     progress: bool,
     first: Opening | None = None,
-) -> tuple[Any, CacheStats, BuildSite | None]:
-    """Builds the plain entries, shares them, and starts the views; returns before the views.
+) -> tuple[Any, FeatureBuild]:
+    """Shares the cached entries and queues the missing ones; returns before they are built.
 
-    The plain features (every cut in one pass, the cost of the top cut alone)
-    are built on the cluster first and read on the driver; trials can start as
-    soon as they are shared. Missing views are built by an actor while trials
-    run (``cluster.extraction.build_views_while_trials_run``); views already
-    cached are read here.
+    The builder (``cluster.extraction``) builds the plain entries first (every
+    cut in one pass, the cost of the top cut alone), then the views, those the
+    first trials ask for first; trials get their references at once and wait
+    for their own entries alone. What the cache holds is read here.
 
     Returns:
-        The shared features, the cache's hits and misses (the cluster task's
-        and the view builder's), and where the plain entries were built (None
-        when none were missing).
+        The shared features, and what is being built (its hits and misses).
     """
     from cluster import share_features
-    from cluster.extraction import build_features_on_cluster, build_views_while_trials_run
 
-    plain = replace(request, augmentations=())
-    built = build_features_on_cluster(
-        config.cache_location,
-        index,
-        plain,
-        info,
-        validation_fraction=config.features.validation_fraction,
-        seed=config.seed,
-        progress=progress,
-    )
-    views = build_views_while_trials_run(
-        config.cache_location,
-        index,
-        request,
-        info,
-        validation_fraction=config.features.validation_fraction,
-        seed=config.seed,
-        gpus_per_trial=config.resources.gpus_per_trial,
-        first=likely_strengths(config, space, first),
-    )
-    cache = FeatureCache(config.cache_location)
-    cached_strengths = tuple(s for s in request.augmentations if s not in views.order)
-    cached_request = replace(request, augmentations=cached_strengths)
-    bundle = cache.ensure(index, cached_request, progress=progress)
-    plain_names = {key.name for key in cache.keys_for(index, plain)}
-    if built is not None and cache.stats.misses:
-        logger.warning(
-            "the driver had to build %d cache entries the cluster task had built: the "
-            "cache %s is not shared between the nodes; use shared storage or a URI "
-            "(s3://, gs://) as cache_dir",
-            len(cache.stats.misses),
-            config.cache_location,
+    build = FeatureBuild()
+    if builder is not None:
+        build = builder.build(
+            request,
+            validation_fraction=config.features.validation_fraction,
+            seed=config.seed,
+            first=likely_strengths(config, space, first),
+            progress=progress,
         )
-    base = built.stats if built is not None else cache.stats
-    stats = CacheStats(
-        hits=[name for name in base.hits if name in plain_names] + views.stats.hits,
-        misses=[name for name in base.misses if name in plain_names] + views.stats.misses,
-    )
+    cache = FeatureCache(config.cache_location)
+    cached_strengths = tuple(s for s in request.augmentations if s not in build.order)
+    cached = replace(request, augmentations=cached_strengths)
+    bundle = cache.ensure(index, cached, plain=build.outcome is None, progress=progress)
+    if builder is None:  # everything was cached
+        build.stats = cache.stats
     images = None
     if plan.fresh:
         images = load_images(index.splits["train"], request.image_size, progress=False).images
-    shared = share_features(bundle, pending_views=views.refs, fresh=plan.fresh, images=images)
-    site = BuildSite(built.pid, built.node, list(built.gpu_ids)) if built is not None else None
-    return shared, stats, site
+    shared = share_features(bundle, pending=build, fresh=plan.fresh, images=images)
+    return shared, build
+
+
+def finish_build(
+    config: SearchConfig, index: DatasetIndex, request: FeatureRequest, build: FeatureBuild
+) -> BuildSite | None:
+    """After the search: the builder's error if it failed, else where it built the plain entries.
+
+    Raises:
+        ExtractionError: one of the builder's calls failed (the search stopped then).
+    """
+    error = build.failure()
+    if error is not None:
+        raise ExtractionError(f"building the search's features failed: {error}") from error
+    built = build.site()
+    if built is None:
+        return None
+    logger.info(
+        "plain features built on node %s (pid %d, GPUs %s) while trials started",
+        built.node,
+        built.pid,
+        ", ".join(built.gpu_ids) or "none",
+    )
+    if FeatureCache(config.cache_location).missing(index, replace(request, augmentations=())):
+        logger.warning(
+            "the plain features built on node %s are not in the cache %s as this node sees "
+            "it: the cache is not shared between the nodes, and the next search builds them "
+            "again; use shared storage or a URI (s3://, gs://) as cache_dir",
+            built.node,
+            config.cache_location,
+        )
+    return BuildSite(built.pid, built.node, list(built.gpu_ids))
 
 
 def resume_search(

@@ -168,6 +168,7 @@ def new_tuner(
     progress: bool,
     opening: Opening | None = None,
     reuse_actors: bool = True,
+    stop: Any = None,
 ) -> Any:
     """A new Tuner: Optuna's sampler (its study in ``RUN_DIR/optuna.journal``) and ASHA.
 
@@ -176,6 +177,7 @@ def new_tuner(
 
     Args:
         opening: Done to the new study before the first trial (see ``opening``).
+        stop: A Tune ``Stopper`` (e.g. ``cluster.build_watch.StopWhenBuildFails``).
     """
     from ray import tune
 
@@ -222,6 +224,7 @@ def new_tuner(
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=config.schedule.max_failures),
             verbose=1 if progress else 0,
+            stop=stop,
         ),
     )
 

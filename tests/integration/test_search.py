@@ -100,14 +100,11 @@ def test_search_computes_features_once_and_a_second_search_reuses_them(
     views = [(cut, 0.5, view) for cut in CUTS for view in range(VIEWS)]
     assert built == sorted(plain + views, key=str), "each entry is extracted exactly once"
     assert len(first.cache.misses) == len(built) and not first.cache.hits
-    # A Ray task holding a (fake) GPU built the plain entries, not the driver;
-    # the views came from the view-building actor, while trials ran.
+    # The builder actor, holding a share of a (fake) GPU, built the plain entries
+    # and then the views, while trials ran; the driver built nothing.
     built_by = json.loads((tmp_path / "run1" / "results.json").read_text())["cache"]["built_by"]
     assert built_by["pid"] != os.getpid() and built_by["gpu_ids"]
-    plain_pids = {b["pid"] for b in cache.builds() if b["view"] is None}
-    view_pids = {b["pid"] for b in cache.builds() if b["view"] is not None}
-    assert plain_pids == {built_by["pid"]}
-    assert len(view_pids) == 1 and os.getpid() not in view_pids | plain_pids
+    assert {b["pid"] for b in cache.builds()} == {built_by["pid"]}
     # The plan was printed and kept, and it is what was built.
     plan = json.loads((tmp_path / "run1" / "cache_plan.json").read_text())
     assert plan["totals"]["bytes_to_build"] > 0 and plan["views_per_strength"] == VIEWS
@@ -206,6 +203,24 @@ def test_impossible_requests_fail_before_any_trial_runs(
     assert (occupied / "notes.txt").read_text() == "mine"
 
 
+def test_a_builder_that_fails_stops_the_search_with_its_error(
+    local_ray: None, shapes_data: Path, tmp_path: Path
+) -> None:
+    """Trials start while the plain pass runs: its failure must end the search, named."""
+    from cluster.extraction import ExtractionError
+
+    # The plan and the trials' head-only model never read the weights; the builder does.
+    weights = tmp_path / "damaged.weights.h5"
+    weights.write_bytes(b"not an HDF5 file")
+    config = small_config(tmp_path, weights=str(weights), num_samples=12, max_failures=3)
+    with pytest.raises(ExtractionError, match="damaged.weights.h5"):
+        run_search(config, shapes_data, tmp_path / "run", progress=False)
+    # Stopped at the first failure, not after every trial had failed and been retried.
+    started = list((tmp_path / "run" / "trials").glob("trial_*"))
+    assert len(started) < config.schedule.num_samples, started
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
 @pytest.fixture
 def ray_worker_reads_features() -> Any:
     """A Ray task (its own worker process) that fetches one cut as a trial would."""
@@ -274,32 +289,42 @@ def test_a_node_without_the_data_builds_from_images_the_driver_sends(
     import dataclasses
 
     import numpy as np
+    import ray
 
     from cluster import connect
-    from cluster.extraction import build_features_on_cluster
+    from cluster.extraction import FeatureBuilder
     from core.data import scan_dataset
     from search_spaces import load_space
 
     config = small_config(tmp_path)
     request = config.feature_request(load_space(config.searcher.space))
+    info = connect(None)
 
-    def build(index: Any) -> Any:
-        return build_features_on_cluster(
-            config.cache_location, index, request, connect(None),
-            validation_fraction=config.features.validation_fraction, seed=config.seed,
-            progress=False,
-        )  # fmt: skip
-
-    # The extraction node finds nothing at the data's path: the driver must send it.
+    # The builder's node finds nothing at the data's path: the driver must send it.
     scanned = scan_dataset(shapes_data, config.features.validation_fraction, config.seed)
     index = dataclasses.replace(scanned, root=tmp_path / "not-on-this-node")
-    built = build(index)
-    assert built is not None and len(built.stats.misses) == len(CUTS) * (1 + VIEWS)
-    assert built.pid != os.getpid() and not built.needs_images
+    builder = FeatureBuilder.start(config.cache_location, index, request, info, gpus_per_trial=0.5)
+    assert builder is not None
+    build = builder.build(
+        request, validation_fraction=config.features.validation_fraction, seed=config.seed,
+        progress=False,
+    )  # fmt: skip
+    assert len(build.stats.misses) == len(CUTS) * (1 + VIEWS) and not build.stats.hits
+    assert set(build.cuts) == set(CUTS) and set(build.views) == {f"{c}@0.5" for c in CUTS}
+    outcome = build.site()
+    assert outcome is not None and outcome.pid != os.getpid() and outcome.gpu_ids
+    assert len(outcome.stats.misses) == len(CUTS)
+    assert build.failure() is None
 
     sent = FeatureCache(config.cache_location).ensure(scanned, request, progress=False)
     read = FeatureCache(tmp_path / "from-disk").ensure(scanned, request, progress=False)
+    labels = ray.get(build.labels)
+    for split in ("train", "validation"):
+        np.testing.assert_array_equal(labels[split], read.labels[split])
     for cut in ("block5_pool", "block3_pool"):
+        # What the trials fetch is what the cache holds, and what the files give.
+        np.testing.assert_array_equal(ray.get(build.cuts[cut])["validation"],
+                                      read.features(cut, "validation"))  # fmt: skip
         np.testing.assert_array_equal(
             sent.features(cut, "validation"), read.features(cut, "validation")
         )
@@ -307,20 +332,21 @@ def test_a_node_without_the_data_builds_from_images_the_driver_sends(
             np.testing.assert_array_equal(
                 sent.views_of(cut, 0.5)[view], read.views_of(cut, 0.5)[view]
             )
-    assert build(index) is None
+    assert FeatureBuilder.start(config.cache_location, index, request, info,
+                                gpus_per_trial=0.5) is None  # fmt: skip
 
 
-def test_views_are_built_while_trials_run_and_each_is_waited_for_alone(
+def test_entries_are_built_while_trials_run_and_each_is_waited_for_alone(
     local_ray: None, shapes_data: Path, tmp_path: Path
 ) -> None:
-    """The view builder returns at once; a strength's reference resolves to its cached views."""
+    """The builder returns at once; each reference resolves to its cached entry."""
     import dataclasses
 
     import numpy as np
     import ray
 
     from cluster import connect, share_features
-    from cluster.extraction import build_views_while_trials_run
+    from cluster.extraction import FeatureBuilder
     from core.data import scan_dataset
     from core.hyperparameters import Hyperparameters
 
@@ -329,27 +355,34 @@ def test_views_are_built_while_trials_run_and_each_is_waited_for_alone(
         backbone="vgg16", weights="none", image_size=32, cuts=("block5_pool", "block4_pool"),
         augmentations=(0.25, 0.5), views=VIEWS,
     )  # fmt: skip
-    scanned = scan_dataset(shapes_data, config.features.validation_fraction, config.seed)
-    plain = FeatureCache(config.cache_location).ensure(
-        scanned, dataclasses.replace(request, augmentations=()), progress=False
+    index = scan_dataset(shapes_data, config.features.validation_fraction, config.seed)
+    builder = FeatureBuilder.start(
+        config.cache_location, index, request, connect(None), gpus_per_trial=0.5
     )
-    # The builder's node does not see the data: the driver sends the training images.
-    index = dataclasses.replace(scanned, root=tmp_path / "not-on-this-node")
-    build = build_views_while_trials_run(
-        config.cache_location, index, request, connect(None),
-        validation_fraction=config.features.validation_fraction, seed=config.seed,
-        gpus_per_trial=0.5, first=(0.5,),
+    assert builder is not None
+    build = builder.build(
+        request, validation_fraction=config.features.validation_fraction, seed=config.seed,
+        first=(0.5,), progress=False,
     )  # fmt: skip
-    # What the first trials ask for comes first; the other strengths follow.
-    assert build.order == (0.5, 0.25) and len(build.stats.misses) == 2 * 2 * VIEWS
-    assert set(build.refs) == {f"{c}@{s}" for c in request.cuts for s in (0.25, 0.5)}
+    # The plain pass first, then what the first trials ask for; the other strengths follow.
+    assert build.order == (0.5, 0.25) and len(build.stats.misses) == 2 + 2 * 2 * VIEWS
+    assert set(build.views) == {f"{c}@{s}" for c in request.cuts for s in (0.25, 0.5)}
     # Returned before the actor (a new process importing TensorFlow) built anything.
-    ready, _ = ray.wait(list(build.refs.values()), num_returns=len(build.refs), timeout=0)
+    pending = [build.outcome, *build.cuts.values(), *build.views.values()]
+    ready, _ = ray.wait(pending, num_returns=len(pending), timeout=0)
     assert not ready
-    shared = share_features(plain, pending_views=build.refs)
+    shared = share_features(FeatureCache(config.cache_location).ensure(
+        index, dataclasses.replace(request, augmentations=()), plain=False, progress=False
+    ), pending=build)  # fmt: skip
     fetched = shared.fetch_for(Hyperparameters(unfreeze_blocks=1, augmentation=0.5))
-    cached = FeatureCache(config.cache_location).ensure(scanned, request, progress=False)
+    cached = FeatureCache(config.cache_location).ensure(index, request, progress=False)
+    assert set(fetched.cuts) == {"block5_pool", "block4_pool"}
     assert set(fetched.views) == {"block5_pool@0.5", "block4_pool@0.5"}
+    for split in ("train", "validation"):
+        np.testing.assert_array_equal(fetched.labels[split], cached.labels[split])
+        np.testing.assert_array_equal(
+            fetched.cuts["block4_pool"][split], cached.cuts["block4_pool"][split]
+        )
     for name, views in fetched.views.items():
         assert len(views) == VIEWS
         for got, expected in zip(views, cached.views[name], strict=True):

@@ -14,6 +14,7 @@ from bench.peers import (
     compare_curves,
     epoch_choice,
     parse_args,
+    plain_wait_seconds,
     ratio,
     ray_curve,
     reported_epochs,
@@ -147,6 +148,22 @@ def test_ray_curve_reads_ray_tunes_result_files(tmp_path: Path) -> None:
     trial_dirs = [tmp_path / "a", tmp_path / "b", tmp_path / "never-started"]
     assert ray_curve(trial_dirs, started=1000.5) == [(2.5, 0.5), (4.5, 0.6), (8.5, 0.75)]
     assert reported_epochs(tmp_path / "never-started") == []
+
+
+def test_the_warm_variants_offset_is_the_first_trials_wait_for_its_features(
+    tmp_path: Path,
+) -> None:
+    write_result_file(
+        tmp_path / "later",
+        [{"val_accuracy": 0.5, "timestamp": 1020, "startup_fetch_s": 0.1}],
+    )
+    write_result_file(
+        tmp_path / "first",
+        [{"val_accuracy": 0.6, "timestamp": 1010, "startup_fetch_s": 3.5},
+         {"val_accuracy": 0.7, "timestamp": 1012}],
+    )  # fmt: skip
+    assert plain_wait_seconds([tmp_path / "later", tmp_path / "first"]) == 3.5
+    assert plain_wait_seconds([tmp_path / "never-started"]) == 0.0
 
 
 def test_a_damaged_result_file_is_named(tmp_path: Path) -> None:

@@ -114,7 +114,13 @@ SIDES = {
     ),
 }
 SIDES[CACHED].first_epochs = [
-    {"seconds": 20.0, "time_total_s": 12.0, "epoch_seconds": 1.5, "startup_total_s": 9.0},
+    {
+        "seconds": 20.0,
+        "time_total_s": 12.0,
+        "epoch_seconds": 1.5,
+        "startup_total_s": 9.0,
+        "startup_fetch_s": 4.0,
+    },  # fmt: skip
 ]
 
 
@@ -163,6 +169,7 @@ def test_first_epoch_ratio_is_against_the_naive_first_trials_epoch() -> None:
     assert first["cached_before_first_trial_s"] == pytest.approx(8.0)
     assert first["cached_first_trial_s"] == 12.0
     assert first["cached_first_trial_startup_s"] == 9.0
+    assert first["cached_first_trial_fetch_s"] == 4.0  # of it, waiting for the plain pass
     assert first["cached_first_epoch_s"] == 1.5
 
 

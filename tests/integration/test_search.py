@@ -83,16 +83,29 @@ def wait_until_exited(pids: set[int], timeout_s: float = 30.0) -> bool:
 
 
 def test_search_computes_features_once_and_a_second_search_reuses_them(
-    local_ray: None, shapes_data: Path, tmp_path: Path
+    local_ray: None, shapes_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import optuna
     import ray
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
+    from core import runtime
+
     assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
+    interpreters: list[str] = []
+    fresh_interpreter = runtime.FreshInterpreter
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        interpreters.append(kwargs["what"])
+        return fresh_interpreter(*args, **kwargs)
+
+    monkeypatch.setattr(runtime, "FreshInterpreter", counted)
     config = small_config(tmp_path)
     first = run_search(config, shapes_data, tmp_path / "run1", progress=False)
+    # On a cold cache the builder actor probed the backbone for the plan: no
+    # second process imported TensorFlow beside it.
+    assert interpreters == []
 
     cache = FeatureCache(config.cache_location)
     built = sorted(((b["cut"], b["augmentation"], b["view"]) for b in cache.builds()), key=str)
@@ -108,6 +121,7 @@ def test_search_computes_features_once_and_a_second_search_reuses_them(
     # The plan was printed and kept, and it is what was built.
     plan = json.loads((tmp_path / "run1" / "cache_plan.json").read_text())
     assert plan["totals"]["bytes_to_build"] > 0 and plan["views_per_strength"] == VIEWS
+    assert plan["seconds_per_image"] > 0, "the builder's probe was not timed"
 
     # Every trial reported, and every trial (including those ASHA stopped) was
     # told to the Optuna study with its value, so the sampler learns from it.
@@ -175,6 +189,8 @@ def test_search_computes_features_once_and_a_second_search_reuses_them(
     )
     assert len(cache.builds()) == len(built), "the second search recomputed features or views"
     assert len(second.cache.hits) == len(built) and not second.cache.misses
+    # With nothing to build there is no builder: the plan's probe ran in a fresh interpreter.
+    assert len(interpreters) == 1 and interpreters[0].startswith("profiling")
 
 
 def test_impossible_requests_fail_before_any_trial_runs(

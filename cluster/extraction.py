@@ -106,8 +106,14 @@ class FeatureBuild:
             self.calls.remove(ref)  # Tune asks every step: a call that succeeded is done
         return None
 
-    def site(self) -> ExtractionOutcome | None:
-        """Where the plain entries were built, once they are (None: nothing plain was built).
+    def site(self, *, wait: bool = True) -> ExtractionOutcome | None:
+        """Where the plain entries were built, once they are.
+
+        Args:
+            wait: Wait for the plain pass to end; off: None while it still runs.
+
+        Returns:
+            None when nothing plain was built (or it is still building, ``wait`` off).
 
         Raises:
             ExtractionError: the plain pass failed, naming why.
@@ -115,6 +121,8 @@ class FeatureBuild:
         import ray
 
         if self.outcome is None:
+            return None
+        if not wait and not ray.wait([self.outcome], timeout=0)[0]:
             return None
         try:
             outcome: ExtractionOutcome = ray.get(self.outcome)

@@ -366,8 +366,13 @@ def finish_build(
     error = build.failure()
     if error is not None:
         raise ExtractionError(f"building the search's features failed: {error}") from error
-    built = build.site()
+    built = build.site(wait=False)  # a search can end (time_budget_s) before the plain pass
     if built is None:
+        if build.outcome is not None:
+            logger.warning(
+                "the search ended before its plain features were built: the builder stops "
+                "now, and the next search builds them"
+            )
         return None
     logger.info(
         "plain features built on node %s (pid %d, GPUs %s) while trials started",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +257,37 @@ def test_plain_features_built_where_the_driver_cannot_see_them_are_warned_about(
         site = finish_build(config, scan_dataset(shapes_data), request, build)
     assert site == BuildSite(pid=4242, node="10.0.0.9", gpu_ids=["0"])
     assert "not shared between the nodes" in caplog.text and "10.0.0.9" in caplog.text
+
+
+def test_a_search_that_ends_before_its_plain_pass_does_not_wait_for_it(
+    local_ray: None, shapes_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A search cut short (time_budget_s) finishes without the plain pass, and says so."""
+    import ray
+
+    from cluster.extraction import FeatureBuild
+    from core.data import scan_dataset
+    from tuning.search import finish_build
+
+    release = tmp_path / "release"
+
+    @ray.remote(num_cpus=0)
+    def plain_pass() -> None:  # stands for a plain pass still running
+        while not release.exists():
+            time.sleep(0.05)
+
+    outcome = plain_pass.remote()
+    build = FeatureBuild(outcome=outcome, calls=[outcome])
+    config = small_config(tmp_path)
+    request = FeatureRequest(backbone="vgg16", weights="none", image_size=32, cuts=("block5_pool",))
+    try:
+        with caplog.at_level("WARNING", logger="tuning.search"):
+            # It returns while the pass cannot end: the file it waits for is made after.
+            assert finish_build(config, scan_dataset(shapes_data), request, build) is None
+        assert "ended before its plain features were built" in caplog.text
+    finally:
+        release.touch()
+    ray.get(outcome)
 
 
 @pytest.fixture

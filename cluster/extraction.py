@@ -148,6 +148,7 @@ class FeatureBuilder:
         info: ClusterInfo,
         *,
         gpus_per_trial: float,
+        needed: bool | None = None,
     ) -> FeatureBuilder | None:
         """Creates the actor when any entry of ``request`` is missing; returns at once.
 
@@ -158,13 +159,17 @@ class FeatureBuilder:
             request: Everything the search could need (before the cache plan).
             info: The connected cluster (does any node have a GPU?).
             gpus_per_trial: A trial's GPUs: the builder takes as much of one GPU.
+            needed: Whether any entry is missing, when the caller has already
+                looked (None: the cache is looked at here).
 
         Returns:
             The handle, or None when the cache already holds every entry.
         """
         import ray
 
-        if not FeatureCache(cache_location).missing(index, request):
+        if needed is None:
+            needed = bool(FeatureCache(cache_location).missing(index, request))
+        if not needed:
             return None
         gpus = 0.0
         if any(node.gpus >= 1 for node in info.nodes):

@@ -148,8 +148,9 @@ def run_search(
     # The cache plan's profile and probe: by the feature builder when one is
     # needed (it starts once Ray is up), else in their own interpreter while Ray starts.
     new_plan = resume is None or not (run_dir / PLAN_FILE).is_file()
+    needs_build = bool(FeatureCache(config.cache_location).missing(index, request))
     profiling = None
-    if new_plan and not FeatureCache(config.cache_location).missing(index, request):
+    if new_plan and not needs_build:
         profiling = Profiling(request.backbone, request.image_size)
     info = connect(address, temp_dir=ray_temp_dir, **local_ray_options(config, num_cpus, num_gpus))
     if info.dashboard_url:
@@ -157,20 +158,17 @@ def run_search(
     builder = None
     try:
         check_trial_fits(info, config.resources.cpus_per_trial, config.resources.gpus_per_trial)
-        # Its process starts and imports TensorFlow while the plan is probed and shown.
+        # Started as soon as Ray is up: it runs the plan's probe first, then the builds.
         builder = FeatureBuilder.start(
             config.cache_location,
             index,
             request,
             info,
             gpus_per_trial=config.resources.gpus_per_trial,
+            needed=needs_build,
         )
-        if new_plan and profiling is None:
-            profiling = (
-                builder.profiling(request)
-                if builder is not None
-                else Profiling(request.backbone, request.image_size)
-            )
+        if new_plan and builder is not None:
+            profiling = builder.profiling(request)
         plan = plan_features(config, index, request, info, run_dir, resume, progress, profiling)
         request = plan.request(request)
         if resume is None:

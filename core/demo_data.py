@@ -141,8 +141,17 @@ def _contrasting_colours(
     return (light[0], light[1], light[2]), (dark[0], dark[1], dark[2])
 
 
+def _narrowed(value: float, centre: float, variation: float) -> float:
+    """``value`` drawn over a full range, pulled towards its ``centre`` (1: unchanged)."""
+    return value if variation == 1.0 else centre + variation * (value - centre)
+
+
 def draw_shape_image(
-    shape: str, size: int, rng: np.random.Generator, hue: float | None = None
+    shape: str,
+    size: int,
+    rng: np.random.Generator,
+    hue: float | None = None,
+    variation: float = 1.0,
 ) -> Image.Image:
     """Draw one demo image.
 
@@ -151,6 +160,8 @@ def draw_shape_image(
         size: Image height and width in pixels.
         rng: Source of the position, size, rotation, colours and noise.
         hue: Foreground hue in [0, 1), or None for random colours.
+        variation: Share (0-1) of the full range of position, size and rotation:
+            0 draws every shape centred, upright and of middle size.
 
     Returns:
         An RGB image of ``size`` x ``size`` pixels.
@@ -164,11 +175,12 @@ def draw_shape_image(
     image = Image.new("RGB", (size, size), background)
     draw = ImageDraw.Draw(image)
 
-    radius = float(rng.uniform(0.22, 0.36)) * size
+    # The same draws whatever the variation, so that only the pose changes with it.
+    radius = _narrowed(float(rng.uniform(0.22, 0.36)), 0.29, variation) * size
     margin = radius + 1.0
-    centre_x = float(rng.uniform(margin, size - margin))
-    centre_y = float(rng.uniform(margin, size - margin))
-    angle = float(rng.uniform(0.0, 2.0 * math.pi))
+    centre_x = _narrowed(float(rng.uniform(margin, size - margin)), size / 2, variation)
+    centre_y = _narrowed(float(rng.uniform(margin, size - margin)), size / 2, variation)
+    angle = _narrowed(float(rng.uniform(0.0, 2.0 * math.pi)), math.pi, variation)
 
     if shape in ("circle", "ring", "crescent"):
         r = 0.85 * radius
@@ -230,6 +242,7 @@ def make_demo_data(
     seed: int = 0,
     overwrite: bool = False,
     class_hues: bool = True,
+    variation: float = 1.0,
 ) -> DemoDataSummary:
     """Write a synthetic shapes data set in the Keras layout.
 
@@ -251,6 +264,9 @@ def make_demo_data(
             and the tests use a random-init backbone, whose features carry
             colour far better than shape; the hue keeps the data learnable for
             it. False gives random colours, so only the shape tells classes apart.
+        variation: Share (0-1) of the full range of the shapes' position, size
+            and rotation. Below 1, a split covers less of the variation another
+            split drawn at 1 shows: the gap that augmentation is there to fill.
 
     Returns:
         Where the data went, the class names and the number of images per split.
@@ -264,6 +280,9 @@ def make_demo_data(
     _check_int("per_class", per_class, 2)
     _check_int("size", size, MIN_IMAGE_SIZE)
     _check_int("seed", seed, 0)
+    valid_number = isinstance(variation, int | float) and not isinstance(variation, bool)
+    if not (valid_number and 0.0 <= variation <= 1.0):
+        raise ValueError(f"variation must be a number in [0, 1], got {variation!r}")
     root = Path(out).expanduser().absolute()
     _prepare_output(root, overwrite)
 
@@ -278,7 +297,7 @@ def make_demo_data(
                 # split or class changes size.
                 rng = np.random.default_rng((seed, split_index, class_index, image_index))
                 hue = class_index / len(shapes) if class_hues else None
-                image = draw_shape_image(shape, size, rng, hue)
+                image = draw_shape_image(shape, size, rng, hue, variation)
                 stem = f"{shape}.{image_index:04d}"
                 if image_index % 2 == 0:
                     image.save(class_dir / f"{stem}.png", format="PNG", optimize=False)

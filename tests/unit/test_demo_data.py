@@ -109,6 +109,38 @@ def test_shapes_are_distinct_drawings(seed: int) -> None:
             assert overlap < 0.9, (SHAPES[i], SHAPES[j], overlap)
 
 
+def centroid(mask: np.ndarray) -> np.ndarray:
+    rows, columns = np.nonzero(mask)
+    return np.array([rows.mean(), columns.mean()])
+
+
+@pytest.mark.parametrize("shape", ["square", "triangle", "star"])
+def test_variation_zero_draws_one_centred_upright_pose(shape: str) -> None:
+    masks = [
+        foreground_mask(draw_shape_image(shape, 64, np.random.default_rng(seed), variation=0.0))
+        for seed in range(4)
+    ]
+    for mask in masks:
+        # The polygons are not symmetric about their centre, so allow a little.
+        assert np.abs(centroid(mask) - 31.5).max() < 4, centroid(mask)
+        overlap = (mask & masks[0]).sum() / (mask | masks[0]).sum()
+        assert overlap > 0.95, overlap
+    # The full range moves and turns the same draws.
+    full = [
+        foreground_mask(draw_shape_image(shape, 64, np.random.default_rng(s))) for s in range(4)
+    ]
+    assert min((m & full[0]).sum() / (m | full[0]).sum() for m in full[1:]) < 0.7
+
+
+def test_full_variation_is_the_default_drawing(tmp_path: Path) -> None:
+    default = make_demo_data(tmp_path / "a", per_class=2, size=32, seed=3)
+    full = make_demo_data(tmp_path / "b", per_class=2, size=32, seed=3, variation=1.0)
+    narrow = make_demo_data(tmp_path / "c", per_class=2, size=32, seed=3, variation=0.5)
+
+    assert file_bytes(default.root) == file_bytes(full.root)
+    assert file_bytes(narrow.root) != file_bytes(default.root)
+
+
 def test_refuses_non_empty_output(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     out.mkdir()
@@ -162,6 +194,9 @@ def test_overwrite_replaces_only_its_own_folders(tmp_path: Path) -> None:
         ("per_class", 2.0),
         ("size", 31),
         ("seed", -1),
+        ("variation", -0.1),
+        ("variation", 1.5),
+        ("variation", True),
     ],
 )
 def test_bad_arguments(tmp_path: Path, argument: str, value: object) -> None:

@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from core.data import load_images, scan_dataset
-from core.features import FeatureBundle, FeatureCache, FeatureCacheError, FeatureRequest
+from core.features import (
+    VIEW_CHUNK,
+    FeatureBundle,
+    FeatureCache,
+    FeatureCacheError,
+    FeatureRequest,
+    view_augmentation,
+)
 from core.hyperparameters import Hyperparameters
 from core.training import RecipeTrainer, TrainingSetup, entries_for, needs_images
 
@@ -91,6 +98,25 @@ def test_fresh_transforms_without_augmentation_reproduce_the_cached_features(
         np.testing.assert_allclose(
             computed, fresh.features(cut, "train"), rtol=1e-4, atol=1e-4 * float(np.max(computed))
         )
+
+
+def test_a_view_is_the_fresh_path_run_with_the_views_seed(with_views: FeatureBundle) -> None:
+    """Views and fresh transforms differ only in which transforms they draw, not in what runs.
+
+    The cache builds view 0 from chunks of ``VIEW_CHUNK`` images; the 24 training
+    images are one chunk, so the same layers on the whole split redraw it exactly.
+    """
+    trainer = RecipeTrainer(Hyperparameters(augmentation=STRENGTH), setup(), with_views)
+    images = with_views.images["train"].astype("float32")
+    assert len(images) <= VIEW_CHUNK
+    augmented = view_augmentation(STRENGTH, 0)(images, training=True)
+    for cut in ("block5_pool", "block4_pool"):
+        fresh_path = trainer.frozen_model(cut).predict_on_batch(np.asarray(augmented))
+        cached = with_views.views_of(cut, STRENGTH)[0]
+        np.testing.assert_allclose(
+            fresh_path, cached, rtol=1e-4, atol=1e-4 * float(np.max(fresh_path))
+        )
+        assert not np.allclose(cached, with_views.features(cut, "train"))
 
 
 def test_a_resumed_fresh_trial_repeats_the_uninterrupted_epoch(

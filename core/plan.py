@@ -17,10 +17,15 @@ the layer FLOPs below; accuracy from ``bench/augmentation.py``):
 1. Views at cuts where running the frozen layers on the fly costs little
    next to the trained blocks (unfreeze 3: blocks 1-2 are 32% of a forward
    pass against about 2x a forward pass for training blocks 3-5, so +16% per
-   epoch). Fresh transforms there are no worse than views, so this is chosen
-   whether or not the budget is tight.
-2. Fewer views per strength, halving down to 2: bytes halve each time, and
-   measured outside this repo, 8 views did no better than 2.
+   epoch), and they store nothing, so this is chosen whether or not the
+   budget is tight. Measured outside this repo on real photographs, fresh
+   transforms beat cached views by 1-2 points.
+2. Fewer views per strength, halving down to 2: bytes halve each time.
+   Measured outside this repo, 8 views did no better than 2; measured here
+   (a backbone pretrained on synthetic shapes, where augmentation itself did
+   not help), 8 views beat 2 by 2.7-10.6 points at equal epochs and 2 views
+   were within 2.4 points of fresh transforms. Which loses less where
+   augmentation does help is not settled (docs/benchmarks.md, section 9).
 3. Views at the remaining cuts below the top, in order of least frozen compute
    saved per stored byte (a deep cut stores large activations and saves less
    compute: block3_pool saves 63% of a forward pass in 2x the bytes per image
@@ -637,8 +642,8 @@ def _choose_fresh_where_cheap(draft: _Draft, profile: BackboneProfile, top: str)
             draft.fresh_cuts.append(cut)
             draft.choices.append(
                 f"{cut}: fresh augmentation instead of views (the frozen layers below it add "
-                f"~{overhead:.0%} to a fine-tuning epoch there, and fresh transforms are at "
-                "least as accurate as cached views)"
+                f"~{overhead:.0%} to a fine-tuning epoch there, and fresh transforms store "
+                "nothing and give every epoch new transforms)"
             )
 
 

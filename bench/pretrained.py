@@ -2,12 +2,12 @@
 
 The augmentation benchmark needs a backbone whose features carry what the
 images show, and ImageNet weights cannot be downloaded on the machines this
-was written on. Keras' random init does not do: measured at 64 px, a head on
+was written on. Keras' random init does not do. Measured at 64 px, a head on
 its block5 features stays at chance on shapes in random colours, whatever
-the augmentation: measured on a unit-variance input, each conv layer of Keras'
-init passes on 0.6-0.8 of its input's standard deviation, so the top conv's
-output is about 1% of the first one's. So this module pretrains one, the way
-a pretrained backbone is made, on a data set of its own:
+the augmentation; and fed the unit-variance output of the layer before, each
+conv layer of Keras' init passes on 0.6-0.8 of its standard deviation, so the
+top conv's output is about 1% of the first one's. So this module pretrains
+one, the way a pretrained backbone is made, on a data set of its own:
 
 1. Layer-sequential unit-variance init (Mishkin and Matas, "All you need is
    a good init", 2016): each conv layer's kernel is scaled, in order, until

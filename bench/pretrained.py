@@ -66,6 +66,10 @@ class PretrainSettings:
             f"-lr{self.learning_rate:g}-b{self.batch_size}-s{self.seed}"
         )
 
+    def paths(self, directory: Path) -> tuple[Path, Path]:
+        """The weights file and the JSON record beside it, in ``directory``."""
+        return directory / f"{self.stem}.weights.h5", directory / f"{self.stem}.json"
+
 
 def _shape_images(root: Path, settings: PretrainSettings) -> dict[str, tuple[Any, Any]]:
     """The eight shapes in random colours: (preprocessed images, labels) per split."""
@@ -110,8 +114,8 @@ def unit_variance_init(model: Any, images: Any, rounds: int = 3) -> list[float]:
     return before
 
 
-def pretrain(settings: PretrainSettings, out: Path) -> dict[str, Any]:
-    """Makes ``out`` (backbone weights) and returns what the pretraining measured."""
+def pretrain(settings: PretrainSettings, directory: Path) -> dict[str, Any]:
+    """Writes the weights file and its record in ``directory``; returns the record."""
     import keras
 
     from core.backbones import build_backbone
@@ -136,6 +140,7 @@ def pretrain(settings: PretrainSettings, out: Path) -> dict[str, Any]:
         x, y, batch_size=settings.batch_size, epochs=settings.epochs,
         validation_data=(x_val, y_val), verbose=2,
     )  # fmt: skip
+    out, record_path = settings.paths(directory)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial.weights.h5")
     backbone.save_weights(partial)
@@ -148,7 +153,7 @@ def pretrain(settings: PretrainSettings, out: Path) -> dict[str, Any]:
         "val_accuracy_by_epoch": [float(v) for v in history.history["val_accuracy"]],
         "seconds": time.perf_counter() - started,
     }
-    out.with_suffix("").with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
     logger.info(
         "pretrained %s in %.0f s: validation accuracy %.3f on 8 shapes",
         out, record["seconds"], record["val_accuracy_by_epoch"][-1],
@@ -160,12 +165,11 @@ def ensure_pretrained(
     settings: PretrainSettings, directory: Path = RESULTS_DIR
 ) -> tuple[Path, dict[str, Any]]:
     """The weights file for ``settings`` in ``directory``, pretrained unless it exists."""
-    path = directory / f"{settings.stem}.weights.h5"
-    record_path = path.with_suffix("").with_suffix(".json")
+    path, record_path = settings.paths(directory)
     if path.is_file() and record_path.is_file():
         logger.info("reusing pretrained weights %s", path)
         return path, json.loads(record_path.read_text())
-    return path, pretrain(settings, path)
+    return path, pretrain(settings, directory)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -38,7 +38,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -447,12 +447,7 @@ class FeatureCache:
             backbone=backbone, image_size=image_size, class_names=index.class_names, labels={}
         )
         for key in keys:
-            try:
-                features, labels = self.load(key)
-            except CorruptEntryError:
-                features, labels = self._rebuild_damaged(
-                    index, weights, seed, key, batch_size, progress, images
-                )
+            features, labels = self._load_or_rebuild(index, request, key, progress, images)
             if not bundle.labels:
                 bundle.labels = labels
             elif any(not np.array_equal(bundle.labels[s], labels[s]) for s in labels):
@@ -466,6 +461,74 @@ class FeatureCache:
             else:
                 bundle.cuts[key.cut] = features
         return bundle
+
+    def plain_entries(
+        self,
+        index: DatasetIndex,
+        request: FeatureRequest,
+        *,
+        progress: bool = True,
+        images: Mapping[str, LoadedImages] | None = None,
+    ) -> Iterator[tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]]:
+        """The plain entries one cut at a time, in ``request.cuts`` order: (cut, features, labels).
+
+        What ``ensure`` returns without views, but each entry is handed on as
+        soon as it is stored: the missing cuts come from one pass over the
+        images, as in ``ensure``, and are then written one by one, so that the
+        first cut (a search's top cut, a few MB) is out before the wide, early
+        cuts (hundreds of MB) are written. The missing entries' locks are held
+        until the generator is exhausted or closed.
+        """
+        keys = self.keys_for(index, replace(request, augmentations=()))
+        missing = [key for key in keys if not self.has(key)]
+        for key in keys:
+            (self.stats.misses if key in missing else self.stats.hits).append(key.name)
+        with contextlib.ExitStack() as locks:
+            if missing:
+                self.store.clean_staging()
+            for key in sorted(missing, key=lambda k: k.name):
+                locks.enter_context(self.store.lock(key.name))
+            built = [key for key in missing if not self.has(key)]
+            outputs: dict[str, dict[str, list[np.ndarray]]] = {}
+            labels: dict[str, np.ndarray] = {}
+            seconds = 0.0
+            if built:
+                extractor, bar = self._extraction(
+                    index, request.weights, request.seed, built, 0, progress
+                )
+                with extractor, bar:
+                    _, labels, outputs, seconds = self._plain_pass(
+                        index, extractor, built, request.extraction_batch_size, bar, images
+                    )
+            for key in keys:
+                if key in built:  # joined only now: the first cut's store waits for no other
+                    features = _joined(outputs.pop(key.cut))
+                    self.store_entry(key, features, labels, index.class_names, seconds)
+                    logger.info("cached %s features as %s", key.cut, key.name)
+                if key in missing:  # this process holds its lock: read, never rebuilt here
+                    features, read_labels = self.load(key)
+                else:
+                    features, read_labels = self._load_or_rebuild(
+                        index, request, key, progress, images
+                    )
+                yield key.cut, features, read_labels
+
+    def _load_or_rebuild(
+        self,
+        index: DatasetIndex,
+        request: FeatureRequest,
+        key: FeatureKey,
+        progress: bool,
+        images: Mapping[str, LoadedImages] | None,
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """One entry's features and labels; an entry that fails its checksums is rebuilt."""
+        try:
+            return self.load(key)
+        except CorruptEntryError:
+            return self._rebuild_damaged(
+                index, request.weights, request.seed, key, request.extraction_batch_size,
+                progress, images,
+            )  # fmt: skip
 
     def _rebuild_damaged(
         self,
@@ -533,52 +596,19 @@ class FeatureCache:
         progress: bool,
         decoded: Mapping[str, LoadedImages] | None = None,
     ) -> None:
-        from tqdm.auto import tqdm
-
-        first = missing[0]
-        extractor = FeatureExtractor(
-            first.backbone,
-            weights,
-            first.image_size,
-            seed=seed,
-            cuts=list(dict.fromkeys(key.cut for key in missing)),
-        )
         plain = [key for key in missing if not key.is_view]
         passes: dict[tuple[float, int], list[FeatureKey]] = {}
         for key in missing:
             if key.view is not None:
                 passes.setdefault((key.augmentation, key.view), []).append(key)
-        splits = CACHED_SPLITS if plain else ("train",)
-        counts = {split: len(index.splits[split]) for split in splits}
-        total = sum(counts.values()) + counts["train"] * len(passes)
-        with tqdm(
-            total=total,
-            desc=f"bottleneck features ({first.backbone}, {first.image_size}px)",
-            unit="img",
-            disable=not progress,
-        ) as bar:
-            started = time.perf_counter()
-            images: dict[str, np.ndarray] = {}
-            labels: dict[str, np.ndarray] = {}
-            outputs: dict[str, dict[str, np.ndarray]] = {}
-            for split in splits:
-                chunks: list[np.ndarray] = []
-                label_chunks: list[np.ndarray] = []
-                per_cut: dict[str, list[np.ndarray]] = {key.cut: [] for key in plain}
-                for batch in _image_batches(index, split, first.image_size, batch_size, decoded):
-                    if plain and len(batch.images):
-                        for cut, value in extractor(batch.images, [k.cut for k in plain]).items():
-                            per_cut[cut].append(value)
-                    chunks.append(batch.images)
-                    label_chunks.append(batch.labels)
-                    bar.update(len(batch.images) + len(batch.skipped))
-                images[split] = np.concatenate(chunks)
-                labels[split] = np.concatenate(label_chunks)
-                for cut, values in per_cut.items():
-                    outputs.setdefault(cut, {})[split] = np.concatenate(values)
-            seconds = time.perf_counter() - started
+        extractor, bar = self._extraction(index, weights, seed, missing, len(passes), progress)
+        with extractor, bar:
+            images, labels, outputs, seconds = self._plain_pass(
+                index, extractor, plain, batch_size, bar, decoded, with_images=bool(passes)
+            )
             for key in plain:
-                self.store_entry(key, outputs[key.cut], labels, index.class_names, seconds)
+                features = _joined(outputs.pop(key.cut))
+                self.store_entry(key, features, labels, index.class_names, seconds)
                 logger.info("cached %s features as %s", key.cut, key.name)
             for (augmentation, view), keys in passes.items():
                 started = time.perf_counter()
@@ -602,7 +632,87 @@ class FeatureCache:
                         index.class_names,
                         seconds,
                     )
-        extractor.close()
+
+    @staticmethod
+    def _extraction(
+        index: DatasetIndex,
+        weights: str,
+        seed: int,
+        missing: Sequence[FeatureKey],
+        view_passes: int,
+        progress: bool,
+    ) -> tuple[FeatureExtractor, Any]:
+        """The extractor for ``missing`` and a progress bar over every image it will run."""
+        from tqdm.auto import tqdm
+
+        first = missing[0]
+        extractor = FeatureExtractor(
+            first.backbone,
+            weights,
+            first.image_size,
+            seed=seed,
+            cuts=list(dict.fromkeys(key.cut for key in missing)),
+        )
+        splits = CACHED_SPLITS if any(not key.is_view for key in missing) else ("train",)
+        counts = {split: len(index.splits[split]) for split in splits}
+        bar = tqdm(
+            total=sum(counts.values()) + counts["train"] * view_passes,
+            desc=f"bottleneck features ({first.backbone}, {first.image_size}px)",
+            unit="img",
+            disable=not progress,
+        )
+        return extractor, bar
+
+    @staticmethod
+    def _plain_pass(
+        index: DatasetIndex,
+        extractor: FeatureExtractor,
+        plain: Sequence[FeatureKey],
+        batch_size: int,
+        bar: Any,
+        decoded: Mapping[str, LoadedImages] | None,
+        *,
+        with_images: bool = False,
+    ) -> tuple[
+        dict[str, np.ndarray], dict[str, np.ndarray], dict[str, dict[str, list[np.ndarray]]], float
+    ]:
+        """One pass over the images (the training split alone when ``plain`` is empty).
+
+        Returns:
+            The decoded images per split (only with ``with_images``: the views'
+            passes run on them), the labels per split, ``{cut: {split: [batch
+            features, ...]}}`` of the plain cuts (``_joined`` makes one array
+            per split; joining the wide cuts is a copy of hundreds of MB, left
+            to when each is stored), and the pass's seconds.
+        """
+        started = time.perf_counter()
+        image_size = extractor.image_size
+        images: dict[str, np.ndarray] = {}
+        labels: dict[str, np.ndarray] = {}
+        outputs: dict[str, dict[str, list[np.ndarray]]] = {}
+        for split in CACHED_SPLITS if plain else ("train",):
+            chunks: list[np.ndarray] = []
+            label_chunks: list[np.ndarray] = []
+            per_cut: dict[str, list[np.ndarray]] = {key.cut: [] for key in plain}
+            for batch in _image_batches(index, split, image_size, batch_size, decoded):
+                if plain and len(batch.images):
+                    for cut, value in extractor(batch.images, [k.cut for k in plain]).items():
+                        per_cut[cut].append(value)
+                if with_images:
+                    chunks.append(batch.images)
+                label_chunks.append(batch.labels)
+                bar.update(len(batch.images) + len(batch.skipped))
+            if with_images:
+                images[split] = np.concatenate(chunks)
+            labels[split] = np.concatenate(label_chunks)
+            for cut, values in per_cut.items():
+                outputs.setdefault(cut, {})[split] = values
+        return images, labels, outputs, time.perf_counter() - started
+
+
+def _joined(batches: Mapping[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
+    """One split's batch outputs as one array per split."""
+    return {split: np.concatenate(values) for split, values in batches.items()}
 
 
 def _image_batches(
@@ -631,7 +741,8 @@ def _check_representable(array: np.ndarray, key: FeatureKey, split: str) -> None
     """Refuses features that float16 would turn into inf (every trial would get NaN losses)."""
     if key.dtype != "float16" or not array.size:
         return
-    largest = float(np.max(np.abs(array)))
+    # Two reductions, no temporary the size of the array; NaN propagates (and is refused).
+    largest = float(np.maximum(array.max(), -array.min()))
     if not largest <= FLOAT16_MAX:
         raise FeatureCacheError(
             f"cache entry {key.name}, {split} features: values up to {largest:.4g} do not fit "
@@ -669,6 +780,7 @@ class FeatureExtractor:
         from core.backbones import build_backbone
 
         self._preprocess = get_backbone(backbone).preprocess_input()
+        self.image_size = image_size
         self.cuts = list(cuts)
         self._layer_cuts = [cut for cut in self.cuts if cut != INPUT_CUT]
         self._model = None
@@ -718,3 +830,9 @@ class FeatureExtractor:
 
         self._model = None
         keras.backend.clear_session()
+
+    def __enter__(self) -> FeatureExtractor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

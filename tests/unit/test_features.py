@@ -272,3 +272,47 @@ def test_a_cache_at_a_uri_is_reused_from_another_machine(shapes_data: Path, tmp_
     np.testing.assert_array_equal(
         reused.features("block5_pool", "validation"), built.features("block5_pool", "validation")
     )
+
+
+def test_plain_entries_hand_on_each_cut_as_soon_as_it_is_stored(
+    shapes_data: Path, tmp_path: Path
+) -> None:
+    """One pass builds every missing cut; the first is out before the others are written."""
+    index = scan_dataset(shapes_data)
+    cache = FeatureCache(tmp_path / "cache")
+    ensure(cache, shapes_data, cuts=["block4_pool"])  # cached already: read, not rebuilt
+    request = FeatureRequest(
+        backbone="vgg16", weights="none", image_size=32,
+        cuts=("block5_pool", "block4_pool", "block3_pool"),
+    )  # fmt: skip
+    keys = {key.cut: key for key in cache.keys_for(index, request)}
+    entries = cache.plain_entries(index, request, progress=False)
+    first = next(entries)
+    assert first[0] == "block5_pool" and cache.has(keys["block5_pool"])
+    assert not cache.has(keys["block3_pool"]), "the wide cut was written before the first"
+    rest = list(entries)
+    assert [item[0] for item in rest] == ["block4_pool", "block3_pool"]
+    assert [build["cut"] for build in cache.builds()] == [
+        "block4_pool",
+        "block5_pool",
+        "block3_pool",
+    ]
+    assert sorted(cache.stats.hits) == [keys["block4_pool"].name]
+    expected = ensure(FeatureCache(tmp_path / "cache"), shapes_data, cuts=list(request.cuts))
+    for cut, got, got_labels in [first, *rest]:
+        for split in ("train", "validation"):
+            np.testing.assert_array_equal(got[split], expected.cuts[cut][split])
+            np.testing.assert_array_equal(got_labels[split], expected.labels[split])
+
+
+@pytest.mark.parametrize("value", [1e6, float("nan")])
+def test_features_float16_cannot_hold_are_refused_naming_the_entry(
+    tmp_path: Path, value: float
+) -> None:
+    cache = FeatureCache(tmp_path / "cache")
+    key = FeatureKey("vgg16", "none-seed0", 32, "abc", "block5_pool", "float16")
+    features = np.zeros((4, 1, 1, 8), dtype="float32")
+    features[2, 0, 0, 5] = -value
+    with pytest.raises(FeatureCacheError, match=rf"{key.name}, train features.*float32"):
+        cache.store_entry(key, {"train": features}, {"train": np.zeros(4)}, ["a", "b"], 1.0)
+    assert not cache.has(key)

@@ -438,9 +438,7 @@ class FeatureCache:
         weights, seed, batch_size = request.weights, request.seed, request.extraction_batch_size
         backbone, image_size = request.backbone, request.image_size
         keys = [key for key in self.keys_for(index, request) if plain or key.is_view]
-        missing = [key for key in keys if not self.has(key)]
-        for key in keys:
-            (self.stats.misses if key in missing else self.stats.hits).append(key.name)
+        missing = self._counted_missing(keys)
         if missing:
             self._build_locked(index, weights, seed, missing, batch_size, progress, images)
         bundle = FeatureBundle(
@@ -480,15 +478,8 @@ class FeatureCache:
         until the generator is exhausted or closed.
         """
         keys = self.keys_for(index, replace(request, augmentations=()))
-        missing = [key for key in keys if not self.has(key)]
-        for key in keys:
-            (self.stats.misses if key in missing else self.stats.hits).append(key.name)
-        with contextlib.ExitStack() as locks:
-            if missing:
-                self.store.clean_staging()
-            for key in sorted(missing, key=lambda k: k.name):
-                locks.enter_context(self.store.lock(key.name))
-            built = [key for key in missing if not self.has(key)]
+        missing = self._counted_missing(keys)
+        with self._locked(missing) as built:
             outputs: dict[str, dict[str, list[np.ndarray]]] = {}
             labels: dict[str, np.ndarray] = {}
             seconds = 0.0
@@ -567,14 +558,28 @@ class FeatureCache:
         progress: bool,
         images: Mapping[str, LoadedImages] | None = None,
     ) -> None:
-        """Builds the missing entries while holding their locks (in name order, no deadlock).
+        """Builds the missing entries while holding their locks (see ``_locked``)."""
+        with self._locked(missing) as still_missing:
+            if still_missing:
+                self._build(index, weights, seed, still_missing, batch_size, progress, images)
+
+    def _counted_missing(self, keys: Sequence[FeatureKey]) -> list[FeatureKey]:
+        """The entries of ``keys`` not in the cache, each key counted as a hit or a miss."""
+        missing = [key for key in keys if not self.has(key)]
+        for key in keys:
+            (self.stats.misses if key in missing else self.stats.hits).append(key.name)
+        return missing
+
+    @contextlib.contextmanager
+    def _locked(self, missing: Sequence[FeatureKey]) -> Iterator[list[FeatureKey]]:
+        """Holds the locks of ``missing`` (in name order: no deadlock); yields those still missing.
 
         Another process may have built some of them while this one waited for
         their locks: those are read, not built again.
         """
-        # Staging folders of builds killed more than an hour ago are debris.
-        self.store.clean_staging()
         with contextlib.ExitStack() as locks:
+            if missing:  # staging folders of builds killed more than an hour ago are debris
+                self.store.clean_staging()
             for key in sorted(missing, key=lambda k: k.name):
                 locks.enter_context(self.store.lock(key.name))
             still_missing = [key for key in missing if not self.has(key)]
@@ -583,8 +588,7 @@ class FeatureCache:
                     "%d cache entries were built by another process meanwhile",
                     len(missing) - len(still_missing),
                 )
-            if still_missing:
-                self._build(index, weights, seed, still_missing, batch_size, progress, images)
+            yield still_missing
 
     def _build(
         self,

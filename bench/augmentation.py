@@ -18,15 +18,16 @@ large validation split drawn separately over the shapes' full range of
 position, rotation and size, which the recipe's transforms partly cover. The
 shapes are in random colours, so only the shape tells the classes apart.
 
-The backbone is VGG16 pretrained here on all eight demo shapes in random
+The backbone is VGG16 pretrained here on all eight demo shapes
+(``--pretrain-shapes other``: only those this data does not show), in random
 colours, at full variation, with a seed no other data uses (``--weights
 shapes``, made and reused by ``bench/pretrained.py``): a local stand-in for
-ImageNet weights, which cannot be downloaded on the machines this was
-written on. Keras' random init does not do for this comparison: measured
-here, a random-init VGG16 at 32 px and 64 px and a random-init MobileNet at
-32 px gave chance-level heads on shapes in random colours (MobileNet's top
-features were ~1e-21). ``--weights none --class-hues`` is the old setting
-(one hue per class, so colour alone tells), ``--weights PATH`` any file.
+ImageNet weights, which cannot be downloaded on the machines this was written
+on. Keras' random init does not do for this comparison: measured here, a
+random-init VGG16 at 32 px and 64 px and a random-init MobileNet at 32 px gave
+chance-level heads on shapes in random colours (MobileNet's top features were
+~1e-21). ``--weights none --class-hues`` is the old setting (one hue per
+class, so colour alone tells), ``--weights PATH`` any file.
 
 Seeds vary the training and the views' draws; with ``--weights none`` each
 seed is also a backbone of its own (random init seeded by it).
@@ -88,7 +89,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         '"none" (random init) or a weights file',
     )
     parser.add_argument(
+        "--pretrain-shapes",
+        choices=("all", "other"),
+        default="all",
+        help="what --weights shapes learns: all eight shapes, or only those this data does "
+        "not show (measured: its features transfer too poorly for the comparison)",
+    )
+    parser.add_argument(
         "--pretrain-epochs", type=positive_int, default=None, help="epochs of --weights shapes"
+    )
+    parser.add_argument(
+        "--pretrain-images",
+        type=positive_int,
+        default=None,
+        help="training images of --weights shapes, shared among its shapes (default 1280)",
     )
     parser.add_argument("--size", type=positive_int, default=64, help="image side in px")
     parser.add_argument("--classes", type=positive_int, default=4)
@@ -134,7 +148,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         )
     if not 0.0 < args.strength <= 1.0:
         parser.error(f"--strength {args.strength}: must be in (0, 1]")
+    if args.weights == "shapes" and args.pretrain_shapes == "other" and args.classes > 6:
+        parser.error(
+            f"--classes {args.classes} leaves fewer than 2 other shapes to pretrain on; "
+            "pass --pretrain-shapes all"
+        )
     return args
+
+
+def pretrain_settings(args: argparse.Namespace) -> Any:
+    """The ``bench.pretrained`` settings of ``--weights shapes``."""
+    from bench.pretrained import PretrainSettings
+    from core.demo_data import SHAPES
+
+    shapes = SHAPES[args.classes :] if args.pretrain_shapes == "other" else SHAPES
+    settings = PretrainSettings(size=args.size, shapes=shapes)
+    images = args.pretrain_images or settings.per_class * 8
+    settings = dataclasses.replace(settings, per_class=max(2, images // len(shapes)))
+    if args.pretrain_epochs:
+        settings = dataclasses.replace(settings, epochs=args.pretrain_epochs)
+    return settings
 
 
 def make_data(root: Path, args: argparse.Namespace) -> Path:
@@ -232,12 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_tensorflow(args.threads)
     pretrained = None
     if args.weights == "shapes":
-        from bench.pretrained import PretrainSettings, ensure_pretrained
+        from bench.pretrained import ensure_pretrained
 
-        settings = PretrainSettings(size=args.size)
-        if args.pretrain_epochs:
-            settings = dataclasses.replace(settings, epochs=args.pretrain_epochs)
-        path, pretrained = ensure_pretrained(settings)
+        path, pretrained = ensure_pretrained(pretrain_settings(args))
         args.weights = str(path)
     command = shlex.join(
         ["python", "-m", "bench.augmentation", *(sys.argv[1:] if argv is None else argv)]
@@ -328,8 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     ]
     weights_label = f"weights {args.weights}"
     if pretrained is not None:
+        from core.demo_data import SHAPES
+
+        learned = pretrained["settings"]
+        shapes = learned.get("shapes", SHAPES)  # records made before the key: all eight
         weights_label = (
-            f"pretrained here on 8 shapes for {pretrained['settings']['epochs']} epochs, "
+            f"pretrained here on {', '.join(shapes)} for {learned['epochs']} epochs, "
             f"{pretrained['val_accuracy_by_epoch'][-1]:.2f} on their validation split"
         )
     colours = "one hue per class" if args.class_hues else "random colours"

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -233,10 +234,28 @@ def _prepare_output(root: Path, overwrite: bool) -> None:
     root.mkdir(parents=True, exist_ok=True)
 
 
+def _class_shapes(classes: int | None, shapes: Sequence[str] | None) -> tuple[str, ...]:
+    """The shape of each class, from ``make_demo_data``'s ``classes`` and ``shapes``."""
+    if shapes is None:
+        classes = 2 if classes is None else classes
+        _check_int("classes", classes, 2, len(SHAPES))
+        return SHAPES[:classes]
+    chosen = tuple(shapes)
+    unknown = [shape for shape in chosen if shape not in SHAPES]
+    if unknown or len(set(chosen)) != len(chosen) or len(chosen) < 2:
+        raise ValueError(
+            f"shapes must be at least 2 distinct names of {', '.join(SHAPES)}, got {shapes!r}"
+        )
+    if classes is not None and classes != len(chosen):
+        raise ValueError(f"classes={classes!r} does not match the {len(chosen)} shapes {chosen}")
+    return chosen
+
+
 def make_demo_data(
     out: str | os.PathLike[str],
     *,
-    classes: int = 2,
+    classes: int | None = None,
+    shapes: Sequence[str] | None = None,
     per_class: int = 40,
     size: int = 64,
     seed: int = 0,
@@ -249,11 +268,15 @@ def make_demo_data(
     Writes ``out/train/<class>/``, ``out/validation/<class>/`` and
     ``out/test/<class>/`` with ``per_class``, ``max(2, per_class // 2)`` and
     ``max(2, per_class // 4)`` images per class. Class ``i`` is named and drawn as
-    ``SHAPES[i]``.
+    ``SHAPES[i]``, or as ``shapes[i]`` when ``shapes`` is given.
 
     Args:
         out: Output directory.
-        classes: Number of classes, in ``[2, len(SHAPES)]``.
+        classes: Number of classes, in ``[2, len(SHAPES)]``; 2 unless ``shapes``
+            is given, ``len(shapes)`` when it is.
+        shapes: The shapes to draw, one class each, instead of the first
+            ``classes`` of ``SHAPES``: e.g. a backbone pretrained on the shapes a
+            benchmark's data does not use.
         per_class: Training images per class, at least 2.
         size: Image height and width in pixels, at least 32.
         seed: Seed of everything random; the same arguments give identical files.
@@ -276,7 +299,7 @@ def make_demo_data(
         FileExistsError: If ``out`` is not empty and ``overwrite`` is False, or if
             ``out`` or one of its split paths is a file.
     """
-    _check_int("classes", classes, 2, len(SHAPES))
+    shapes = _class_shapes(classes, shapes)
     _check_int("per_class", per_class, 2)
     _check_int("size", size, MIN_IMAGE_SIZE)
     _check_int("seed", seed, 0)
@@ -286,7 +309,7 @@ def make_demo_data(
     root = Path(out).expanduser().absolute()
     _prepare_output(root, overwrite)
 
-    shapes = SHAPES[:classes]
+    classes = len(shapes)
     sizes = _split_sizes(per_class)
     for split_index, split in enumerate(DEMO_SPLITS):
         for class_index, shape in enumerate(shapes):

@@ -66,3 +66,30 @@ def test_pretrained_file_loads_as_a_local_weights_file_and_is_reused(
     other = PretrainSettings(size=32, per_class=2, epochs=2, batch_size=8)
     with pytest.raises(AssertionError, match="pretrain called"):
         ensure_pretrained(other, tmp_path)
+
+
+def test_settings_name_their_shapes_unless_all_eight() -> None:
+    assert PretrainSettings().stem == "vgg16-shapes-64px-160x8-12ep-lr0.0003-b32-s1234"
+    some = PretrainSettings(per_class=320, shapes=("ring", "diamond", "star", "crescent"))
+    assert some.stem == "vgg16-shapes-64px-320x4-12ep-lr0.0003-b32-s1234-ring+diamond+star+crescent"
+
+
+def test_pretraining_learns_only_the_settings_shapes(tmp_path: Path) -> None:
+    settings = PretrainSettings(
+        size=32, per_class=2, epochs=1, batch_size=8, shapes=("ring", "star")
+    )
+
+    _, record = ensure_pretrained(settings, tmp_path)
+
+    assert record["train_images"] == 4 and record["settings"]["shapes"] == ["ring", "star"]
+
+
+def test_augmentation_pretrains_on_every_shape_or_on_those_its_data_lacks() -> None:
+    from bench.augmentation import parse_args, pretrain_settings
+
+    other = pretrain_settings(parse_args(["--classes", "3", "--pretrain-shapes", "other"]))
+    assert other.shapes == ("cross", "ring", "diamond", "star", "crescent")
+    assert other.per_class == 1280 // 5
+    assert pretrain_settings(parse_args([])) == PretrainSettings()
+    with pytest.raises(SystemExit):
+        parse_args(["--classes", "7", "--pretrain-shapes", "other"])

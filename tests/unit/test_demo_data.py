@@ -216,3 +216,35 @@ def test_has_at_least_six_shapes() -> None:
     assert len(SHAPES) >= 6
     assert len(set(SHAPES)) == len(SHAPES)
     assert {"circle", "square", "triangle", "cross", "ring", "diamond"} <= set(SHAPES)
+
+
+def test_shapes_choose_the_classes_drawn(tmp_path: Path) -> None:
+    summary = make_demo_data(tmp_path / "demo", shapes=("star", "ring"), per_class=2, size=32)
+
+    assert summary.class_names == ("ring", "star")
+    assert sorted(path.name for path in (summary.root / "train").iterdir()) == ["ring", "star"]
+    assert summary.counts["train"] == 4
+    same = make_demo_data(
+        tmp_path / "same", classes=2, shapes=["star", "ring"], per_class=2, size=32
+    )
+    assert (same.root / "train/star/star.0000.png").read_bytes() == (
+        summary.root / "train/star/star.0000.png"
+    ).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("shapes", "classes", "message"),
+    [
+        (("ring", "hexagon"), None, "hexagon"),
+        (("ring", "ring"), None, "distinct"),
+        (("ring",), None, "at least 2"),
+        (("ring", "star"), 3, "classes=3"),
+    ],
+)
+def test_bad_shapes(
+    tmp_path: Path, shapes: tuple[str, ...], classes: int | None, message: str
+) -> None:
+    out = tmp_path / "demo"
+    with pytest.raises(ValueError, match=message):
+        make_demo_data(out, shapes=shapes, classes=classes, per_class=2, size=32)
+    assert not out.exists()

@@ -15,17 +15,17 @@ What the plan gives up, in order, and why (figures at 150 px on VGG16, from
 the layer FLOPs below; accuracy from ``bench/augmentation.py``):
 
 1. Views at cuts where running the frozen layers on the fly costs little
-   next to the trained blocks (unfreeze 3: blocks 1-2 are 32% of a forward
-   pass against about 2x a forward pass for training blocks 3-5, so +16% per
-   epoch), and they store nothing, so this is chosen whether or not the
-   budget is tight. Measured outside this repo on real photographs, fresh
-   transforms beat cached views by 1-2 points.
+   next to the trained blocks (``FRESH_COST_LIMIT``: unfreeze 3, where blocks
+   1-2 are 32% of a forward pass against about 2x a forward pass for training
+   blocks 3-5, so +16% per epoch; and unfreeze 2, +57%), and they store
+   nothing, so this is chosen whether or not the budget is tight. Measured
+   outside this repo on real photographs, fresh transforms beat cached views
+   by 1-2 points; measured here on data where augmentation helps, by 1.7-2.5
+   points at unfreeze 2 and 1.0-1.4 at unfreeze 1.
 2. Fewer views per strength, halving down to 2: bytes halve each time.
-   Measured outside this repo, 8 views did no better than 2; measured here
-   (a backbone pretrained on synthetic shapes, where augmentation itself did
-   not help), 8 views beat 2 by 2.7-10.6 points at equal epochs and 2 views
-   were within 2.4 points of fresh transforms. Which loses less where
-   augmentation does help is not settled (docs/benchmarks.md, section 9).
+   Measured outside this repo, 8 views did no better than 2; measured here,
+   on data where augmentation helps, 2 views scored within 0.8 points of 8
+   (head, unfreeze 1 and 2; docs/benchmarks.md, section 9).
 3. Views at the remaining cuts below the top, in order of least frozen compute
    saved per stored byte (a deep cut stores large activations and saves less
    compute: block3_pool saves 63% of a forward pass in 2x the bytes per image
@@ -70,9 +70,16 @@ objects (Tune's, and the decoded images of fresh augmentation when they were
 not planned)."""
 RAY_DEFAULT_STORE_SHARE = 0.3
 """Ray's default object store: 30% of the node's memory (capped by /dev/shm)."""
-FRESH_COST_LIMIT = 0.25
+FRESH_COST_LIMIT = 0.75
 """Fresh augmentation is chosen over views where the frozen layers below the cut
-add at most this share to a fine-tuning epoch's compute."""
+add at most this share to a fine-tuning epoch's compute (by the FLOP model: 16%
+at unfreeze 3, 57% at unfreeze 2, about 380% at unfreeze 1 on VGG16).
+
+Measured at 64 px on data where augmentation helps (``bench/augmentation.py``,
+2026-12-03): at unfreeze 2, fresh transforms beat 1-8 cached views by 1.7-2.5
+points at equal epochs and added 18% to a fine-tuning epoch; at unfreeze 1 they
+beat views by 1.0-1.4 points for 61% more. So unfreeze 2 and 3 augment fresh and
+unfreeze 1 and the head keep views."""
 MIN_HALVED_VIEWS = 2
 TRAINING_COST = 3.0
 """A trained layer's forward plus backward pass, in forward passes."""
@@ -642,8 +649,9 @@ def _choose_fresh_where_cheap(draft: _Draft, profile: BackboneProfile, top: str)
             draft.fresh_cuts.append(cut)
             draft.choices.append(
                 f"{cut}: fresh augmentation instead of views (the frozen layers below it add "
-                f"~{overhead:.0%} to a fine-tuning epoch there, and fresh transforms store "
-                "nothing and give every epoch new transforms)"
+                f"~{overhead:.0%} to a fine-tuning epoch there; fresh transforms store "
+                "nothing, and scored 1-2.5 points above cached views when fine-tuning, "
+                "docs/benchmarks.md section 9)"
             )
 
 

@@ -148,7 +148,7 @@ def run_search(
     # The cache plan's profile and probe: by the feature builder when one is
     # needed (it starts once Ray is up), else in their own interpreter while Ray starts.
     new_plan = resume is None or not (run_dir / PLAN_FILE).is_file()
-    needs_build = bool(FeatureCache(config.cache_location).missing(index, request))
+    needs_build = needs_builder(config, index, request)
     profiling = None
     if new_plan and not needs_build:
         profiling = Profiling(request.backbone, request.image_size)
@@ -170,6 +170,11 @@ def run_search(
         if new_plan and builder is not None:
             profiling = builder.profiling(request)
         plan = plan_features(config, index, request, info, run_dir, resume, progress, profiling)
+        if builder is None and plan.bytes_to_build:  # views the plan keeps below the top cut
+            builder = FeatureBuilder.start(
+                config.cache_location, index, request, info,
+                gpus_per_trial=config.resources.gpus_per_trial, needed=True,
+            )  # fmt: skip
         request = plan.request(request)
         if resume is None:
             # Only once the search can run: a refused one leaves RUN_DIR as it was.
@@ -307,6 +312,19 @@ def likely_strengths(
     )
     picked = (float(s.get("augmentation", 0.0)) for s in suggestions)  # type: ignore[arg-type]
     return tuple(dict.fromkeys(strength for strength in picked if strength > 0))
+
+
+def needs_builder(config: SearchConfig, index: DatasetIndex, request: FeatureRequest) -> bool:
+    """Whether the search surely builds features: it starts the builder before the plan.
+
+    Views below the top cut are left out of the question: the plan may give
+    them fresh augmentation instead (unfreeze 2 and 3 by default), and a warm
+    cache lacks them for good. When they are all that is missing, the plan
+    decides, and the builder starts after it only if it builds them.
+    """
+    top = get_backbone(request.backbone).top_cut
+    surely = replace(request, view_cuts=(top,) if top in request.cuts else ())
+    return bool(FeatureCache(config.cache_location).missing(index, surely))
 
 
 def prepare_features(

@@ -16,8 +16,7 @@ one, the way a pretrained backbone is made, on a data set of its own:
 2. A few epochs of VGG16 with a global-average-pooled softmax head on demo
    shapes in random colours (no class hue: only the shape tells), drawn
    with a seed no benchmark's data uses: all eight by default, or only those
-   a benchmark's data does not show (``PretrainSettings.shapes``), as
-   ImageNet's classes are not the user's.
+   a benchmark's data does not show (``PretrainSettings.shapes``).
 
 The backbone's weights (without the head) go to a ``.weights.h5`` file,
 loaded back through bottletune's own local-weights path (``weights=PATH``).

@@ -153,6 +153,7 @@ def _planned(args: argparse.Namespace, *, probe: bool) -> tuple[Any, Any, Any]:
         object_store_bytes=default_object_store_bytes(config.local_ray.object_store_memory),
         probe=probe,
         mirror_dir=args.mirror_dir,
+        fresh_cost_limit=config.features.fresh_cost_limit,
     )
     return config, index, plan
 

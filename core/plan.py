@@ -17,7 +17,7 @@ the layer FLOPs below; accuracy from ``bench/augmentation.py``):
 1. Views at cuts where running the frozen layers on the fly costs little
    next to the trained blocks (``FRESH_COST_LIMIT``: unfreeze 3, where blocks
    1-2 are 32% of a forward pass against about 2x a forward pass for training
-   blocks 3-5, so +16% per epoch; and unfreeze 2, +57%), and they store
+   blocks 3-5, so +16% per epoch; and unfreeze 2, +55%), and they store
    nothing, so this is chosen whether or not the budget is tight. Measured
    outside this repo on real photographs, fresh transforms beat cached views
    by 1-2 points; measured here on data where augmentation helps, by 1.7-2.5
@@ -73,12 +73,12 @@ RAY_DEFAULT_STORE_SHARE = 0.3
 FRESH_COST_LIMIT = 0.75
 """Fresh augmentation is chosen over views where the frozen layers below the cut
 add at most this share to a fine-tuning epoch's compute (by the FLOP model: 16%
-at unfreeze 3, 57% at unfreeze 2, about 380% at unfreeze 1 on VGG16).
+at unfreeze 3, 55% at unfreeze 2, about 350% at unfreeze 1 on VGG16).
 
 Measured at 64 px on data where augmentation helps (``bench/augmentation.py``,
 2026-12-03): at unfreeze 2, fresh transforms beat 1-8 cached views by 1.7-2.5
-points at equal epochs and added 18% to a fine-tuning epoch; at unfreeze 1 they
-beat views by 1.0-1.4 points for 61% more. So unfreeze 2 and 3 augment fresh and
+points at equal epochs and added 11-18% to a fine-tuning epoch; at unfreeze 1
+they beat views by 1.0-1.4 points for 60% more. So unfreeze 2 and 3 augment fresh and
 unfreeze 1 and the head keep views."""
 MIN_HALVED_VIEWS = 2
 TRAINING_COST = 3.0
@@ -543,6 +543,7 @@ def plan_cache(
     disk_free: int = 0,
     seconds_per_image: float = 0.0,
     is_cached: Callable[[str, float, int | None], bool] | None = None,
+    fresh_cost_limit: float = FRESH_COST_LIMIT,
 ) -> CachePlan:
     """Fits the entries ``request`` asks for under ``budget_bytes`` (see the module's order).
 
@@ -556,6 +557,8 @@ def plan_cache(
         disk_free: Free bytes where the cache is (0: unknown, not checked).
         seconds_per_image: The probe (0: no time estimates).
         is_cached: Whether the cache holds (cut, strength, view) already.
+        fresh_cost_limit: ``fresh_cost_limit``: fresh augmentation by choice where the
+            frozen layers below a cut add at most this share to a fine-tuning epoch.
 
     Raises:
         PlanError: the plain features alone exceed the budget, or what must be
@@ -594,7 +597,7 @@ def plan_cache(
 
     draft = _Draft(views=request.views, view_cuts=list(request.cuts) if strengths else [])
     if strengths:
-        _choose_fresh_where_cheap(draft, profile, top)
+        _choose_fresh_where_cheap(draft, profile, top, fresh_cost_limit)
         _fit_budget(draft, profile, top, len(strengths), budget_bytes, total, view_bytes)
     entries = _entries(
         request,
@@ -639,12 +642,14 @@ def _fresh_overhead(profile: BackboneProfile, cut: str) -> float:
     return math.inf if trained <= 0 else frozen / (TRAINING_COST * trained)
 
 
-def _choose_fresh_where_cheap(draft: _Draft, profile: BackboneProfile, top: str) -> None:
+def _choose_fresh_where_cheap(
+    draft: _Draft, profile: BackboneProfile, top: str, limit: float
+) -> None:
     for cut in list(draft.view_cuts):
         if cut == top:
             continue
         overhead = _fresh_overhead(profile, cut)
-        if overhead <= FRESH_COST_LIMIT:
+        if overhead <= limit:
             draft.view_cuts.remove(cut)
             draft.fresh_cuts.append(cut)
             draft.choices.append(
@@ -789,6 +794,7 @@ def plan_for(
     probe: bool = True,
     mirror_dir: str | None = None,
     profiling: Profiling | None = None,
+    fresh_cost_limit: float = FRESH_COST_LIMIT,
 ) -> CachePlan:
     """The plan of a search on ``index``: what its cache holds already, a timed probe, the disk.
 
@@ -800,6 +806,7 @@ def plan_for(
         object_store_bytes: The smallest trial node's object store (0: unknown).
         probe: Time the backbone here (off: no time estimates).
         profiling: The profile and probe, when the caller started them earlier.
+        fresh_cost_limit: ``fresh_cost_limit`` (see ``FRESH_COST_LIMIT``).
     """
     from core.features import FeatureCache
 
@@ -824,4 +831,5 @@ def plan_for(
         disk_free=disk_free_bytes(cache.root),
         seconds_per_image=seconds_per_image,
         is_cached=is_cached,
+        fresh_cost_limit=fresh_cost_limit,
     )

@@ -236,6 +236,7 @@ def run_keras_tuner_search(
         budget=config.features.cache_memory_budget,
         cache_location=config.cache_location,
         object_store_bytes=default_object_store_bytes(config.local_ray.object_store_memory),
+        fresh_cost_limit=config.features.fresh_cost_limit,
     )
     plan.show(progress)
     start_run_dir(run_dir, config, space, data_dir, index.fingerprint, str(project))

@@ -291,6 +291,7 @@ def plan_features(
             cache_location=config.cache_location,
             object_store_bytes=info.trial_object_store_bytes,
             profiling=profiling,
+            fresh_cost_limit=config.features.fresh_cost_limit,
         )
     plan.show(progress)
     return plan

@@ -197,6 +197,22 @@ def test_search_computes_features_once_and_a_second_search_reuses_them(
     # With nothing to build there is no builder: the plan's probe ran in a fresh interpreter.
     assert len(interpreters) == 1 and interpreters[0].startswith("profiling")
 
+    # Views the plan keeps below the top cut, gone from the cache: the plan asks for
+    # them, and a builder started after it (not the driver) builds them again.
+    lost = [
+        b["name"] for b in cache.builds() if b["cut"] == "block4_pool" and b["view"] is not None
+    ]
+    assert len(lost) == VIEWS
+    for name in lost:
+        cache.store.discard(name)
+    third = run_search(
+        config.replace(num_samples=1), shapes_data, tmp_path / "run3", progress=False
+    )
+    rebuilt = cache.builds()[len(built) :]
+    assert sorted(b["name"] for b in rebuilt) == sorted(lost)
+    assert {b["pid"] for b in rebuilt} != {os.getpid()}
+    assert sorted(third.cache.misses) == sorted(lost)
+
 
 def test_impossible_requests_fail_before_any_trial_runs(
     local_ray: None, shapes_data: Path, tmp_path: Path

@@ -131,6 +131,8 @@ def test_sizes_in_the_config_key():
     assert load_config(overrides={"cache_memory_budget": 12_000_000_000}).features
     with pytest.raises(ConfigError, match="cache_memory_budget='lots'"):
         load_config(overrides={"cache_memory_budget": "lots"})
+    with pytest.raises(ConfigError, match="fresh_cost_limit=-0.5"):
+        load_config(overrides={"fresh_cost_limit": -0.5})
     with pytest.raises(PlanError, match="cache_memory_budget=auto: the object store's size"):
         resolve_budget("auto", 0)
 
@@ -188,6 +190,8 @@ def test_cache_plan_command_prints_json_without_building(shapes_data, tmp_path, 
             "image_size=32",
             "--set",
             "cache_memory_budget=1GB",
+            "--set",
+            "fresh_cost_limit=0.25",
             "--cache-dir",
             str(cache_dir),
             "--json",
@@ -197,4 +201,7 @@ def test_cache_plan_command_prints_json_without_building(shapes_data, tmp_path, 
     plan = json.loads(capsys.readouterr().out)
     assert plan["budget_bytes"] == GB and plan["seconds_per_image"] > 0
     assert plan["totals"]["bytes_to_build"] > 0
+    # fresh_cost_limit=0.25: only unfreeze 3 (+16%) augments fresh; unfreeze 2 keeps views.
+    fresh = {e["cut"] for e in plan["entries"] if e["source"] == "fresh"}
+    assert fresh == {"block2_pool"}
     assert not (cache_dir / "entries").exists()

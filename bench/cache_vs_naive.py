@@ -8,8 +8,12 @@ so that a noisy machine slows both alike. Each pair runs at one
 cached
     What a bottletune trial does: ``RecipeTrainer`` on the output of the block
     below the trained ones, read from a ``FeatureCache``. With s > 0 it draws
-    one cached augmented view per image per epoch. The one-off extraction (plain
-    entries and views) is timed separately.
+    one cached augmented view per image per epoch, or, at the cuts where the
+    cache plan (``core.plan``) chooses fresh augmentation, augments the decoded
+    images anew and runs the frozen layers below the cut every epoch. The
+    one-off extraction of what the plan stores is timed separately. At those
+    cuts the same pair is also timed on views (``--no-compare-views`` skips
+    it), so the table shows what the plan's choice costs in speed.
 naive
     What a plain Keras + Ray Tune script does: uint8 image -> [augmentation
     layers, when s > 0] -> VGG16 preprocessing -> full VGG16 (frozen below the
@@ -61,6 +65,7 @@ from bench.common import (
     machine_info,
     machine_line,
     markdown_table,
+    non_negative_float,
     positive_int,
     setup_logging,
     text_table,
@@ -70,6 +75,7 @@ from bench.common import (
 from core.backbones import apply_layers, build_backbone, get_backbone, split_layers
 from core.features import FeatureBundle
 from core.hyperparameters import Hyperparameters, TrainingSetup
+from core.plan import FRESH_COST_LIMIT
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +104,7 @@ class FlopModel:
         return below, sum(self.conv.values()) - below
 
     def epoch(
-        self, prefix_names: set[str], n_train: int, n_validation: int, *, runs_frozen: bool
+        self, prefix_names: set[str], n_train: int, n_validation: int, *, frozen_runs: str
     ) -> int:
         """FLOPs of one epoch (training + validation) for a cut at ``prefix_names``.
 
@@ -106,15 +112,15 @@ class FlopModel:
             prefix_names: Conv layers below the cut (frozen).
             n_train: Training images.
             n_validation: Validation images.
-            runs_frozen: Whether the frozen layers run every epoch (naive) or
-                their output is read from the cache (cached).
+            frozen_runs: Where the frozen layers run every epoch: "always"
+                (naive), "training" (fresh augmentation: validation reads the
+                cache) or "never" (their output is read from the cache).
         """
         frozen, trained = self.split(prefix_names)
         trained += self.head
-        frozen_per_image = frozen if runs_frozen else 0
-        return n_train * (3 * trained + frozen_per_image) + n_validation * (
-            trained + frozen_per_image
-        )
+        in_training = frozen if frozen_runs in ("training", "always") else 0
+        in_validation = frozen if frozen_runs == "always" else 0
+        return n_train * (3 * trained + in_training) + n_validation * (trained + in_validation)
 
 
 def conv_flops(model: Any) -> dict[str, int]:
@@ -165,6 +171,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--views", type=positive_int, default=2, help="cached views (only extraction depends on it)"
+    )
+    parser.add_argument(
+        "--fresh-cost-limit",
+        type=non_negative_float,
+        default=FRESH_COST_LIMIT,
+        help="the plan's fresh_cost_limit (fresh augmentation where the frozen layers add "
+        "at most this share to a fine-tuning epoch)",
+    )
+    parser.add_argument(
+        "--no-compare-views",
+        dest="compare_views",
+        action="store_false",
+        help="at cuts the plan augments fresh, skip the same pair timed on cached views",
     )
     parser.add_argument("--threads", type=positive_int, default=2, help="TensorFlow threads")
     parser.add_argument(
@@ -272,8 +291,15 @@ def run_pair(
     args: argparse.Namespace,
     flop_model: FlopModel,
     frozen_convs: dict[str, set[str]],
+    planned: bool = True,
 ) -> dict[str, Any]:
-    """Warms up and times one trial both ways, epochs interleaved."""
+    """Warms up and times one trial both ways, epochs interleaved.
+
+    Args:
+        bundle: The cached side's features: what the cache plan stores, with
+            the training images where it augments fresh (``planned``), or
+            views at every cut (a comparison the plan did not choose).
+    """
     import keras
 
     from core.training import RecipeTrainer, array_batches, run_batches
@@ -339,8 +365,11 @@ def run_pair(
 
     n_train, n_validation = len(images["train"]), len(images["validation"])
     below = frozen_convs[cut]
-    cached_flops = flop_model.epoch(below, n_train, n_validation, runs_frozen=False)
-    naive_flops = flop_model.epoch(below, n_train, n_validation, runs_frozen=True)
+    source = trainer.augmentation_source(timed_phase)
+    cached_flops = flop_model.epoch(
+        below, n_train, n_validation, frozen_runs="training" if source == "fresh" else "never"
+    )
+    naive_flops = flop_model.epoch(below, n_train, n_validation, frozen_runs="always")
     cached_seconds = statistics.median(r["epoch_seconds"] for r in cached_reports)
     naive_seconds = statistics.median(r["epoch_seconds"] for r in naive_reports)
     speedup = naive_seconds / cached_seconds
@@ -350,6 +379,8 @@ def run_pair(
         "unfreeze_blocks": unfreeze_blocks,
         "augmentation": augmentation,
         "cut": cut,
+        "source": source,
+        "planned": planned,
         "cached": {
             "median_epoch_seconds": cached_seconds,
             "epoch_seconds": [r["epoch_seconds"] for r in cached_reports],
@@ -376,6 +407,19 @@ def run_pair(
         "naive_effective_gflops_per_second": naive_flops / naive_seconds / 1e9,
         "cached_effective_gflops_per_second": cached_flops / cached_seconds / 1e9,
     }
+
+
+def in_memory(bundle: FeatureBundle) -> FeatureBundle:
+    """``bundle`` with its memory-mapped entries read, so the scratch folder can go."""
+    bundle.cuts = {c: {s: np.array(a) for s, a in v.items()} for c, v in bundle.cuts.items()}
+    bundle.views = {n: tuple(np.array(a) for a in v) for n, v in bundle.views.items()}
+    return bundle
+
+
+def source_text(row: dict[str, Any]) -> str:
+    """The cached side's training input: plain features, views or fresh transforms."""
+    source = {"none": "plain features"}.get(row["source"], row["source"])
+    return source if row["planned"] else f"{source} (not planned)"
 
 
 def target_text(unfreeze_blocks: int, ideal: float) -> str:
@@ -463,7 +507,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"k={r['unfreeze_blocks']}\ns={r['augmentation']:g}" for r in rows]
+    short = {"none": "", "views": " views", "fresh": " fresh"}
+    labels = [
+        f"k={r['unfreeze_blocks']}\ns={r['augmentation']:g}{short[r['source']]}"
+        + ("" if r["planned"] else "*")
+        for r in rows
+    ]
     positions = np.arange(len(rows))
     figure, (times, ratios) = plt.subplots(1, 2, figsize=(10, 3.8))
     times.bar(
@@ -506,6 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.demo_data import make_demo_data
     from core.features import FeatureCache, FeatureRequest
     from core.model import build_head
+    from core.plan import default_object_store_bytes, plan_for
 
     spec = get_backbone(BACKBONE)
     cuts = list(dict.fromkeys(spec.cut_for(k) for k in args.unfreeze))
@@ -518,8 +568,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         index = scan_dataset(Path(scratch) / "data")
         cache = FeatureCache(Path(scratch) / "cache")
-        extraction_started = time.perf_counter()
-        request = FeatureRequest(
+        full_request = FeatureRequest(
             backbone=BACKBONE,
             weights=WEIGHTS,
             image_size=args.size,
@@ -529,24 +578,44 @@ def main(argv: list[str] | None = None) -> int:
             dtype="float32",
             seed=SEED,
         )
-        bundle = cache.ensure(index, request, progress=False)
+        # What a search with this space stores: views where they pay, fresh elsewhere.
+        plan = plan_for(
+            full_request,
+            index,
+            budget="auto",
+            cache_location=str(cache.root),
+            object_store_bytes=default_object_store_bytes(),
+            probe=False,
+            fresh_cost_limit=args.fresh_cost_limit,
+        )
+        extraction_started = time.perf_counter()
+        bundle = in_memory(cache.ensure(index, plan.request(full_request), progress=False))
         extraction_seconds = time.perf_counter() - extraction_started
-        # Memory-mapped entries: read them before the scratch folder goes.
-        bundle.cuts = {c: {s: np.array(a) for s, a in v.items()} for c, v in bundle.cuts.items()}
-        bundle.views = {n: tuple(np.array(a) for a in v) for n, v in bundle.views.items()}
+        fresh_cuts = [cut for cut, strength in plan.fresh if strength == args.augmentation]
+        # The comparison: views at every cut (built after the timed extraction).
+        compared = (
+            in_memory(cache.ensure(index, full_request, progress=False))
+            if fresh_cuts and args.compare_views
+            else None
+        )
         images = {}
         for split in ("train", "validation"):
             loaded = load_images(index.splits[split], args.size)
             if not np.array_equal(loaded.labels, bundle.labels[split]):
                 raise RuntimeError(f"{split}: image order differs from the cache's")
             images[split] = loaded.images
+    if fresh_cuts:
+        bundle.images["train"] = images["train"]
     n_train, n_validation = len(images["train"]), len(images["validation"])
+    view_cuts = [cut for cut in plan.view_cuts if len(strengths) > 1]
     logger.info(
-        "extraction of %s (+%d views) for %d images: %.2f s",
+        "extraction of %s (+%d views at %s) for %d images: %.2f s; fresh at %s",
         ", ".join(cuts),
-        args.views if len(strengths) > 1 else 0,
+        args.views if view_cuts else 0,
+        ", ".join(view_cuts) or "no cut",
         n_train + n_validation,
         extraction_seconds,
+        ", ".join(fresh_cuts) or "no cut",
     )
 
     reference = build_backbone(BACKBONE, WEIGHTS, args.size, seed=SEED)
@@ -572,6 +641,26 @@ def main(argv: list[str] | None = None) -> int:
                     unfreeze_blocks, augmentation, bundle, images, args, flop_model, frozen_convs
                 )
             )
+            if (
+                compared is not None
+                and augmentation > 0
+                and spec.cut_for(unfreeze_blocks) in fresh_cuts
+            ):
+                logger.info(
+                    "timing k=%d, s=%g on views (not the plan's)...", unfreeze_blocks, augmentation
+                )
+                rows.append(
+                    run_pair(
+                        unfreeze_blocks,
+                        augmentation,
+                        compared,
+                        images,
+                        args,
+                        flop_model,
+                        frozen_convs,
+                        planned=False,
+                    )
+                )
     diagnosis: list[dict[str, Any]] = []
     if args.diagnose:
         for unfreeze_blocks in [k for k in args.unfreeze if k > 0]:
@@ -588,6 +677,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         "k",
         "aug s",
+        "cached input",
         "cached s/epoch",
         "naive s/epoch",
         "speed-up",
@@ -600,6 +690,7 @@ def main(argv: list[str] | None = None) -> int:
         (
             str(r["unfreeze_blocks"]),
             f"{r['augmentation']:g}",
+            source_text(r),
             f"{r['cached']['median_epoch_seconds']:.3f}",
             f"{r['naive']['median_epoch_seconds']:.3f}",
             f"{r['speedup']:.1f}×",
@@ -620,10 +711,18 @@ def main(argv: list[str] | None = None) -> int:
     print(settings_line)
     print(text_table(header, cells))
     extraction_line = (
-        f"Extraction (once, cuts {', '.join(cuts)}"
-        + (f", {args.views} views" if len(strengths) > 1 else "")
+        f"Extraction of what the cache plan stores (once, cuts {', '.join(cuts)}"
+        + (f"; {args.views} views at {', '.join(view_cuts)}" if view_cuts else "")
         + f"): {extraction_seconds:.1f} s; shared by {args.trials} trials × "
         f"{args.trial_epochs} epochs it adds {amortized_per_epoch:.3f} s per epoch."
+        + (
+            f" The plan (fresh_cost_limit {args.fresh_cost_limit:g}) augments fresh at "
+            f"{', '.join(fresh_cuts)}: those trials run the frozen layers below the cut on "
+            "freshly augmented images every epoch, so their ideal ratio is about 1; the "
+            "rows marked 'not planned' time the same trial on cached views."
+            if fresh_cuts
+            else ""
+        )
     )
     print(extraction_line)
     diagnosis_header = (
@@ -670,8 +769,10 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads,
             "augmentation": args.augmentation,
             "views": args.views,
+            "fresh_cost_limit": args.fresh_cost_limit,
             "statistic": "median",
         },
+        "plan": {"view_cuts": view_cuts, "fresh_cuts": fresh_cuts, "choices": plan.choices},
         "machine": {**machine, "load_average_after": load_average()},
         "extraction": {
             "seconds": extraction_seconds,

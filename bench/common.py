@@ -39,6 +39,13 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a number >= 0")
+    return value
+
+
 def add_output_flags(parser: argparse.ArgumentParser, name: str) -> None:
     """``--out`` (JSON path) and ``--no-doc`` (leave docs/benchmarks.md alone)."""
     parser.add_argument(

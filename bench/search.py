@@ -112,7 +112,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m bench.search",
         description="Whole searches: cached (ASHA in epochs and in cost) against naive Ray Tune.",
     )
-    parser.add_argument("--size", type=positive_int, default=96, help="image side in px")
+    # 128 px: at 96 px an uncached epoch is cheap enough (about 10 s here) that the
+    # cached search's fixed start (Ray, the plan, the builder) weighs against it
+    # (docs/benchmarks.md, section 4, runs 1-3).
+    parser.add_argument("--size", type=positive_int, default=128, help="image side in px")
     parser.add_argument("--classes", type=positive_int, default=3, help="classes of shapes")
     parser.add_argument(
         "--per-class",

@@ -243,4 +243,4 @@ def test_the_report_shows_every_side_and_ratio(tmp_path: Path) -> None:
     assert "| cached-cost | cost | warm (+15.0 s extraction) |" in text
     assert "Time to target, naive / cached: **4.43×** (goal ≥ 3×: met)" in text
     assert "goal ≤ 1.5×: met" in text  # 10.3 s against a 16 s uncached epoch
-    assert "Reproduce: `python -m bench.search --size 96" in text
+    assert "Reproduce: `python -m bench.search --size 128" in text

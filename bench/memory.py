@@ -347,6 +347,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
+    from cluster import prefer_loopback
+
+    prefer_loopback()  # before anything imports ray: the local Ray stays on 127.0.0.1
     machine = machine_info(tensorflow=False)
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []

@@ -2,9 +2,10 @@
 
 Each benchmark is a module of this package with a ``main(argv) -> int`` that
 prints its table, writes ``bench/results/NAME.json`` and rewrites its own
-section of ``docs/benchmarks.md``. A module is imported only when its turn
-comes, so each benchmark makes its own heavy imports (and TensorFlow thread
-settings). Extra arguments after ``--`` go to every selected benchmark, e.g.
+section of ``docs/benchmarks.md``. Each runs in a new Python process
+(``python -m bench.NAME``): TensorFlow fixes its thread pools at its first
+op, for the life of the process, and every benchmark sets its own. Extra
+arguments after ``--`` go to every selected benchmark, e.g.
 ``python -m bench.run_all --only cache_vs_naive -- --size 150 --per-class 1000``
 (the benchmarks' flags differ, so pass them with ``--only``). ``--recipe-scale``
 runs each benchmark at the write-up's scale (150 px, 2000 training and 800
@@ -14,9 +15,9 @@ validation images) with its own flags: hours on 2 CPU cores, meant for a GPU nod
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
+import subprocess
 import sys
 import time
 
@@ -79,6 +80,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     return parser.parse_args(argv), extra
 
 
+def run_benchmark(name: str, arguments: list[str]) -> int:
+    """Runs ``python -m bench.NAME ARGUMENTS`` in a new process; returns its exit code."""
+    return subprocess.run([sys.executable, "-m", f"bench.{name}", *arguments]).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the selected benchmarks with their defaults (plus any arguments after ``--``).
 
@@ -101,14 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         load = load_average()
         logger.info("== bench.%s (load average %s)", name, load)
         arguments = [*(RECIPE_SCALE[name] if args.recipe_scale else []), *extra]
-        try:
-            code = importlib.import_module(f"bench.{name}").main(arguments)
-        except SystemExit as exit_:  # argparse rejected a flag this benchmark lacks
-            logger.error("benchmark %s exited (%s) with arguments %s", name, exit_.code, arguments)
-            code = exit_.code if isinstance(exit_.code, int) and exit_.code else 2
-        except Exception:
-            logger.exception("benchmark %s failed", name)
-            code = 1
+        code = run_benchmark(name, arguments)
+        if code:
+            logger.error("benchmark %s exited %s (arguments %s)", name, code, arguments)
         seconds = time.perf_counter() - started
         summary[name] = {"exit": code, "seconds": round(seconds, 1), "load_average_before": load}
         logger.info("== bench.%s finished in %.1f s (exit %s)", name, seconds, code)

@@ -108,10 +108,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("make-demo-data", help="write a synthetic image set")
     demo.add_argument("out", help="output directory (Keras layout)")
-    demo.add_argument("--classes", type=int, default=2)
+    demo.add_argument(
+        "--classes", type=int, default=None, help="number of classes (default 2, or the --shapes)"
+    )
+    demo.add_argument(
+        "--shapes",
+        type=_names,
+        default=None,
+        help="comma-separated shapes to draw, one class each (default: the first --classes of "
+        "circle,square,triangle,cross,ring,diamond,star,crescent)",
+    )
     demo.add_argument("--per-class", type=int, default=40, help="training images per class")
     demo.add_argument("--size", type=int, default=64, help="image side in pixels")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--random-colours",
+        dest="class_hues",
+        action="store_false",
+        help="random colours: only the shape tells the classes apart (default: a hue per class)",
+    )
+    demo.add_argument(
+        "--variation",
+        type=float,
+        default=1.0,
+        help="share (0-1) of the shapes' range of position, size and rotation (default 1)",
+    )
     demo.add_argument(
         "--overwrite",
         action="store_true",
@@ -249,16 +270,24 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names(text: str) -> list[str]:
+    """A comma-separated list, e.g. ``--shapes ring,star``."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def _make_demo_data(args: argparse.Namespace) -> int:
     from core.demo_data import make_demo_data
 
     summary = make_demo_data(
         args.out,
         classes=args.classes,
+        shapes=args.shapes,
         per_class=args.per_class,
         size=args.size,
         seed=args.seed,
         overwrite=args.overwrite,
+        class_hues=args.class_hues,
+        variation=args.variation,
     )
     counts = ", ".join(f"{split} {count}" for split, count in summary.counts.items())
     print(f"wrote {summary.root} ({', '.join(summary.class_names)}): {counts}")

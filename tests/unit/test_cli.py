@@ -149,6 +149,37 @@ def test_make_demo_data_writes_splits_and_refuses_to_overwrite(tmp_path: Path) -
     assert file_bytes(out) == before
 
 
+def test_make_demo_data_draws_the_shapes_asked_for(tmp_path: Path) -> None:
+    from core.demo_data import SHAPES
+
+    out = tmp_path / "demo"
+    made = run_cli(
+        "make-demo-data",
+        str(out),
+        "--shapes",
+        "ring,star",
+        "--per-class",
+        "2",
+        "--size",
+        "32",
+        "--random-colours",
+        "--variation",
+        "0.5",
+    )
+    assert made.returncode == 0, made.stderr
+    assert sorted(path.name for path in (out / "train").iterdir()) == ["ring", "star"]
+
+    bad = run_cli("make-demo-data", str(tmp_path / "bad"), "--shapes", "ring,blob")
+    assert bad.returncode == 2
+    assert "'blob'" in error_lines(bad)[0]
+    too_much = run_cli("make-demo-data", str(tmp_path / "bad"), "--variation", "1.5")
+    assert too_much.returncode == 2
+    assert "variation" in error_lines(too_much)[0]
+    assert not (tmp_path / "bad").exists()
+    # The help lists the generator's shapes, in its order.
+    assert ",".join(SHAPES) in "".join(run_cli("make-demo-data", "--help").stdout.split())
+
+
 def test_export_of_a_non_run_directory_names_results_json(tmp_path: Path) -> None:
     not_a_run = tmp_path / "somewhere"
     not_a_run.mkdir()

@@ -3,7 +3,8 @@
 No timing: the backbone is built with random weights only to read the output
 shape of each cut (block5_pool down to block1_pool, and the preprocessed input).
 A plain entry holds the training and validation images; an augmented view holds
-the training images only.
+the training images only. The last line is what the cache plan stores of it
+with the default configuration and a 16 GB object store (``core.plan``).
 """
 
 from __future__ import annotations
@@ -44,8 +45,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--strengths", type=positive_int, default=4, help="augmentation strengths above 0"
     )
+    parser.add_argument(
+        "--object-store", default="16GB", help="the trial nodes' object store, for the plan"
+    )
     add_output_flags(parser, "entry_sizes")
     return parser.parse_args(argv)
+
+
+def default_plan(args: argparse.Namespace) -> Any:
+    """The cache plan of the default config and space at ``args``' size and image counts."""
+    from core.plan import parse_bytes, plan_cache, profile_backbone, resolve_budget
+    from search_spaces import load_space
+    from tuning.config import SearchConfig
+
+    config = SearchConfig().replace(image_size=args.size)
+    store = parse_bytes(args.object_store, "--object-store")
+    budget, source = resolve_budget("auto", store)
+    return plan_cache(
+        config.feature_request(load_space(config.searcher.space)),
+        profile_backbone(BACKBONE, args.size),
+        train_images=args.train,
+        validation_images=args.validation,
+        budget_bytes=budget,
+        budget_source=source,
+        object_store_bytes=store,
+    )
+
+
+def plan_line(plan: Any, object_store: str) -> str:
+    fresh = sorted({cut for cut, _ in plan.fresh})
+    return (
+        f"The cache plan of the default configuration ({plan.views_per_strength} views per "
+        f"strength, {plan.dtype}) for a {object_store} object store stores {mb(plan.nbytes)}: "
+        f"views at {', '.join(plan.view_cuts) or 'no cut'}, fresh augmentation at "
+        f"{', '.join(fresh) or 'no cut'} (`bottletune cache plan` prints its reasons)."
+    )
 
 
 def cut_shapes(size: int) -> list[tuple[str, tuple[int, ...]]]:
@@ -109,22 +143,34 @@ def main(argv: list[str] | None = None) -> int:
         f"The default search space (unfreeze 0–3, so cuts {', '.join(spec.cuts_for(range(4)))}; "
         f"{args.strengths} augmentation strengths × {args.views} views) needs "
         f"{mb(totals['float32'])} in float32 and {mb(totals['float16'])} in float16, "
-        "on disk and in the object store."
+        "on disk and in the object store, without a cache plan."
     )
     print(total_line)
+    plan = default_plan(args)
+    planned = plan_line(plan, args.object_store)
+    print(planned)
     results = {
         "benchmark": "entry_sizes",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "settings": vars(args) | {"out": str(args.out)},
         "rows": rows,
         "default_space_totals": totals,
+        "default_plan": {
+            "bytes": plan.nbytes,
+            "views_per_strength": plan.views_per_strength,
+            "view_cuts": list(plan.view_cuts),
+            "fresh": [list(pair) for pair in plan.fresh],
+            "choices": list(plan.choices),
+        },
     }
     write_results(args.out, results)
     if not args.no_doc:
         update_doc_section(
             "entry_sizes",
             f"VGG16 at {args.size} px, {args.train} training + {args.validation} validation "
-            "images (1 KB = 1000 bytes).\n\n" + markdown_table(header, cells) + "\n\n" + total_line,
+            "images (1 KB = 1000 bytes).\n\n"
+            + markdown_table(header, cells)
+            + f"\n\n{total_line}\n\n{planned}",
         )
     return 0
 

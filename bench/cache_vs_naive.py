@@ -507,14 +507,14 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    short = {"none": "", "views": " views", "fresh": " fresh"}
+    short = {"none": "", "views": "\nviews", "fresh": "\nfresh"}
     labels = [
         f"k={r['unfreeze_blocks']}\ns={r['augmentation']:g}{short[r['source']]}"
         + ("" if r["planned"] else "*")
         for r in rows
     ]
     positions = np.arange(len(rows))
-    figure, (times, ratios) = plt.subplots(1, 2, figsize=(10, 3.8))
+    figure, (times, ratios) = plt.subplots(1, 2, figsize=(12, 4.2))
     times.bar(
         positions - 0.2, [r["naive"]["median_epoch_seconds"] for r in rows], 0.4, label="naive"
     )
@@ -534,6 +534,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ratios.set_xticks(positions, labels)
     ratios.legend()
     ratios.set_title("speed-up")
+    if not all(r["planned"] for r in rows):
+        figure.text(0.5, 0.01, "* not the cache plan's choice", ha="center", fontsize=8)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)

@@ -224,7 +224,10 @@ def summarize_memory(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Resident memory at the start of each trial of one process, in the order they ran.
 
     ``growth_mb`` is from the fourth trial on (the first ones load kernels and
-    allocator pools once), as tests/unit/test_trainable_startup.py bounds it.
+    allocator pools once), as tests/unit/test_trainable_startup.py bounds it: the
+    highest later value over the fourth's, so one low fourth reading inflates it.
+    ``median_growth_mb`` compares medians instead: of the last five readings over
+    the fourth to eighth, which a steady leak moves and a single reading does not.
     """
     ordered = sorted(records, key=lambda record: record["process_trial"])
     rss = [float(record["rss_mb"]) for record in ordered if record["rss_mb"] is not None]
@@ -233,6 +236,9 @@ def summarize_memory(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "processes": len({record["pid"] for record in ordered}),
         "rss_mb": rss,
         "growth_mb": max(rss[3:]) - rss[3] if len(rss) > 3 else None,
+        "median_growth_mb": (
+            statistics.median(rss[-5:]) - statistics.median(rss[3:8]) if len(rss) >= 10 else None
+        ),
     }
 
 
@@ -414,12 +420,21 @@ def render(
     ]
     if results.get("memory"):
         memory = results["memory"]["summary"]
-        growth = memory["growth_mb"]
+        growth, median = memory["growth_mb"], memory.get("median_growth_mb")
         parts.append(
             f"Memory: {memory['trials']} fine-tuning trials one at a time in "
             f"{memory['processes']} process(es); resident MB at each trial's start: "
             + ", ".join(f"{value:.0f}" for value in memory["rss_mb"])
-            + (f" (from the fourth trial on: +{growth:.0f} MB)." if growth is not None else ".")
+            + (
+                f" (from the fourth trial on: at most +{growth:.0f} MB over the fourth"
+                + (
+                    f"; median of the last five over the fourth to eighth: {median:+.0f} MB)."
+                    if median is not None
+                    else ")."
+                )
+                if growth is not None
+                else "."
+            )
         )
     command = command_line(args)
     parts.append(f"Reproduce: `{command}`" if markdown else f"Reproduce: {command}")

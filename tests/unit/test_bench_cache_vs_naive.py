@@ -21,7 +21,7 @@ def test_epoch_flops_count_the_frozen_layers_where_they_run() -> None:
     assert always == training + 4 * 100
 
 
-def test_fresh_ideal_ratio_is_near_one_where_the_frozen_layers_dominate() -> None:
+def test_a_fresh_trial_saves_only_the_validation_passes() -> None:
     below = {"low", "mid"}  # a deep unfreeze: little is trained
     naive = FLOPS.epoch(below, 10, 4, frozen_runs="always")
     # Only validation is saved: (10 * 176 + 4 * 152) / (10 * 176 + 4 * 12).

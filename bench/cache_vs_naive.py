@@ -560,7 +560,8 @@ def main(argv: list[str] | None = None) -> int:
     from core.plan import default_object_store_bytes, plan_for
 
     spec = get_backbone(BACKBONE)
-    cuts = list(dict.fromkeys(spec.cut_for(k) for k in args.unfreeze))
+    # Every trial trains its head on the top cut first, whatever --unfreeze says.
+    cuts = list(dict.fromkeys([spec.top_cut, *(spec.cut_for(k) for k in args.unfreeze)]))
     strengths = [0.0] if args.no_augmented else [0.0, args.augmentation]
     machine = machine_info()
     started = time.perf_counter()

@@ -79,7 +79,9 @@ Measured at 64 px on data where augmentation helps (``bench/augmentation.py``,
 2026-12-03): at unfreeze 2, fresh transforms beat 1-8 cached views by 1.7-2.5
 points at equal epochs and added 11-18% to a fine-tuning epoch; at unfreeze 1
 they beat views by 1.0-1.4 points for 60% more. So unfreeze 2 and 3 augment fresh and
-unfreeze 1 and the head keep views."""
+unfreeze 1 and the head keep views. At 96 px (``bench/cache_vs_naive.py``, 2026-12-04)
+a fresh unfreeze-2 epoch took 35% longer than one on views, and a fresh unfreeze-1
+epoch 3.1x as long (8.5 s against 2.7 s)."""
 MIN_HALVED_VIEWS = 2
 TRAINING_COST = 3.0
 """A trained layer's forward plus backward pass, in forward passes."""
